@@ -1,0 +1,37 @@
+# Two commands do all the set-up on a fresh machine:
+#   make sample   -> creates .venv, installs torch + ddpm, writes samples.png with the bundled model
+#   make test     -> creates .venv, installs torch + ddpm + test tools, runs ruff and the default test suite
+# TORCH_SPEC pins the CPU build that is already on these machines; override it for CUDA, e.g.
+#   make test TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+
+.PHONY: sample test lint bench clean-venv
+
+$(VENV)/.base: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(TORCH_SPEC)
+	$(PIP) install -q -e .
+	touch $@
+
+$(VENV)/.test: $(VENV)/.base
+	$(PIP) install -q -e ".[test]"
+	touch $@
+
+sample: $(VENV)/.base
+	$(VENV)/bin/ddpm sample --num-images 16 --out samples.png
+
+test: $(VENV)/.test
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(PY) -m pytest -q
+
+lint: $(VENV)/.test
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,290 @@
+"""Configuration objects that round-trip through JSON in the Diffusers file format.
+
+Every configurable class of the library (scheduler, UNet, pipeline) derives from :class:`ConfigMixin` and decorates
+its ``__init__`` with :func:`register_to_config`. The constructor arguments, with their defaults filled in, become a
+read-only :class:`FrozenDict` available as ``obj.config``; ``save_config`` writes it as JSON with the same file name
+and keys as Diffusers (``scheduler_config.json``, ``config.json``), and ``from_config`` / ``from_pretrained`` build the
+object back, so files written by either library load in the other.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import logging
+import os
+import warnings
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import io as ddpm_io
+
+logger = logging.getLogger(__name__)
+
+#: The Diffusers version written into saved configs as ``_diffusers_version``. Diffusers reads this key only for
+#: information; we write the version whose file format we follow.
+DIFFUSERS_FORMAT_VERSION = "0.42.1"
+
+
+class FrozenDict(OrderedDict):
+    """A read-only ordered dict whose keys are also readable as attributes (``config.num_train_timesteps``)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for key, value in self.items():
+            object.__setattr__(self, key, value)
+        object.__setattr__(self, "_FrozenDict__frozen", True)
+
+    def _refuse(self, name):
+        raise TypeError(f"You cannot use ``{name}`` on a FrozenDict instance: the config is read-only.")
+
+    def __delitem__(self, *args, **kwargs):
+        self._refuse("__delitem__")
+
+    def setdefault(self, *args, **kwargs):
+        self._refuse("setdefault")
+
+    def pop(self, *args, **kwargs):
+        self._refuse("pop")
+
+    def popitem(self, *args, **kwargs):
+        self._refuse("popitem")
+
+    def update(self, *args, **kwargs):
+        self._refuse("update")
+
+    def clear(self):
+        self._refuse("clear")
+
+    def __setattr__(self, name, value):
+        if getattr(self, "_FrozenDict__frozen", False):
+            self._refuse("__setattr__")
+        super().__setattr__(name, value)
+
+    def __setitem__(self, name, value):
+        if getattr(self, "_FrozenDict__frozen", False):
+            self._refuse("__setitem__")
+        super().__setitem__(name, value)
+
+    def __getattr__(self, name):
+        # Only reached when normal attribute lookup fails.
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'") from None
+
+    def __reduce__(self):
+        return (FrozenDict, (list(self.items()),))
+
+    def __copy__(self):
+        return FrozenDict(self.items())
+
+    def __deepcopy__(self, memo):
+        import copy
+
+        return FrozenDict(copy.deepcopy(list(self.items()), memo))
+
+
+def _to_json_value(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return value.as_posix()
+    if isinstance(value, tuple):
+        return [_to_json_value(v) for v in value]
+    if isinstance(value, list):
+        return [_to_json_value(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _to_json_value(v) for k, v in value.items()}
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):  # torch tensors, numpy scalars
+        return value.tolist()
+    return value
+
+
+def register_to_config(init):
+    """Decorate ``__init__`` so that its bound arguments (defaults included) become ``self.config``.
+
+    Keyword arguments starting with ``_`` are kept in the config but not passed to ``__init__`` (as in Diffusers).
+    """
+
+    signature = inspect.signature(init)
+
+    @functools.wraps(init)
+    def wrapper(self, *args, **kwargs):
+        private = {k: v for k, v in kwargs.items() if k.startswith("_")}
+        public = {k: v for k, v in kwargs.items() if not k.startswith("_")}
+        try:
+            bound = signature.bind(self, *args, **public)
+        except TypeError as err:
+            raise TypeError(f"{type(self).__name__}.__init__(): {err}") from None
+        explicit = set(bound.arguments) - {"self"}
+        bound.apply_defaults()
+        values = OrderedDict((k, v) for k, v in bound.arguments.items() if k != "self")
+        for name, param in signature.parameters.items():
+            if param.kind is inspect.Parameter.VAR_KEYWORD:
+                values.update(values.pop(name, {}))
+            elif param.kind is inspect.Parameter.VAR_POSITIONAL:
+                values.pop(name, None)
+        self._use_default_values = sorted(set(values) - explicit)
+        self.register_to_config(**values, **private)
+        init(self, *args, **public)
+
+    wrapper.__signature__ = signature
+    return wrapper
+
+
+class ConfigMixin:
+    """Read-only JSON configuration with the Diffusers file format.
+
+    Subclasses set ``config_name`` (the file written by :meth:`save_config`) and decorate ``__init__`` with
+    :func:`register_to_config`.
+    """
+
+    config_name: str = "config.json"
+    #: Config keys that an older file may carry and that this class knowingly ignores (no warning).
+    _ignored_config_keys: tuple[str, ...] = ()
+
+    # -- state ---------------------------------------------------------------------------------------------------
+    def register_to_config(self, **kwargs) -> None:
+        """Add or override config keys (the config stays read-only for everybody else)."""
+        current = dict(getattr(self, "_internal_dict", {}))
+        current.update(kwargs)
+        self._internal_dict = FrozenDict(current)
+
+    @property
+    def config(self) -> FrozenDict:
+        """The constructor arguments of this object (read-only; key and attribute access)."""
+        return self._internal_dict
+
+    def __getattr__(self, name: str) -> Any:
+        # Called only when normal lookup fails: allow ``obj.beta_start`` for config keys, as Diffusers does.
+        internal = self.__dict__.get("_internal_dict")
+        if internal is not None and name in internal and not name.startswith("_"):
+            warnings.warn(
+                f"Accessing config attribute `{name}` directly via '{type(self).__name__}' object attribute is "
+                f"deprecated. Please access '{name}' over '{type(self).__name__}'s config object instead, e.g. "
+                f"'obj.config.{name}'.",
+                FutureWarning,
+                stacklevel=2,
+            )
+            return internal[name]
+        return super().__getattribute__(name)
+
+    # -- JSON ----------------------------------------------------------------------------------------------------
+    def to_json_dict(self) -> dict[str, Any]:
+        """The config as written to disk: ``_class_name`` and ``_diffusers_version`` added, private keys dropped."""
+        data = {k: _to_json_value(v) for k, v in self.config.items() if not k.startswith("_")}
+        data["_class_name"] = type(self).__name__
+        data["_diffusers_version"] = DIFFUSERS_FORMAT_VERSION
+        return data
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_json_dict(), indent=2, sort_keys=True) + "\n"
+
+    def save_config(self, save_directory: str | os.PathLike) -> Path:
+        """Write ``save_directory/<config_name>`` atomically; returns the file's path."""
+        save_directory = Path(save_directory)
+        if save_directory.is_file():
+            raise ValueError(f"Provided path ({save_directory}) should be a directory, not a file")
+        save_directory.mkdir(parents=True, exist_ok=True)
+        path = save_directory / self.config_name
+        ddpm_io.atomic_write_text(path, self.to_json_string())
+        return path
+
+    @classmethod
+    def load_config(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        subfolder: str | None = None,
+        revision: str | None = None,
+        **hub_kwargs,
+    ) -> dict[str, Any]:
+        """Read ``<config_name>`` from a local folder, a JSON file, or a Hugging Face Hub repository."""
+        path = Path(pretrained_model_name_or_path)
+        if path.is_file():
+            config_file = path
+        else:
+            config_file = ddpm_io.resolve_file(
+                pretrained_model_name_or_path, cls.config_name, subfolder=subfolder, revision=revision, **hub_kwargs
+            )
+        try:
+            with open(config_file, encoding="utf-8") as f:
+                data = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise OSError(f"It looks like the config file at '{config_file}' is not a valid JSON file: {err}") from None
+        if not isinstance(data, dict):
+            raise OSError(f"The config file at '{config_file}' does not hold a JSON object.")
+        return data
+
+    @classmethod
+    def _init_parameters(cls) -> dict[str, inspect.Parameter]:
+        params = dict(inspect.signature(cls.__init__).parameters)
+        params.pop("self", None)
+        return {k: p for k, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any] | FrozenDict | None = None, **overrides):
+        """Build an object from a config dict (e.g. another object's ``.config``); ``overrides`` win.
+
+        Keys the constructor does not take are ignored with a warning (private ``_`` keys silently), and keys a file
+        recorded as "default" (``_use_default_values``) take this class's default.
+        """
+        if config is None:
+            raise ValueError("Please make sure to provide a config as the first positional argument.")
+        if isinstance(config, (str, os.PathLike)):
+            config = cls.load_config(config)
+        config = dict(config)
+        use_defaults = set(config.pop("_use_default_values", []) or [])
+        params = cls._init_parameters()
+        init_kwargs: dict[str, Any] = {}
+        unexpected = []
+        for key, value in config.items():
+            if key.startswith("_"):
+                continue
+            if key in params:
+                if key not in use_defaults:
+                    init_kwargs[key] = value
+            elif key not in cls._ignored_config_keys:
+                unexpected.append(key)
+        unknown_overrides = [k for k in overrides if k not in params]
+        if unknown_overrides:
+            raise TypeError(
+                f"{cls.__name__} got unexpected keyword argument(s) {unknown_overrides}; allowed: {sorted(params)}"
+            )
+        init_kwargs.update(overrides)
+        if unexpected:
+            logger.warning(
+                "The config attributes %s were passed to %s, but are not expected and will be ignored.",
+                {k: config[k] for k in unexpected},
+                cls.__name__,
+            )
+        return cls(**init_kwargs)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        subfolder: str | None = None,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        local_files_only: bool | None = None,
+        token: str | bool | None = None,
+        **overrides,
+    ):
+        """Load from a folder (or Hub id) holding ``<config_name>``; ``overrides`` replace config values."""
+        config = cls.load_config(
+            pretrained_model_name_or_path,
+            subfolder=subfolder,
+            revision=revision,
+            cache_dir=cache_dir,
+            local_files_only=local_files_only,
+            token=token,
+        )
+        return cls.from_config(config, **overrides)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__} {self.to_json_string()}"

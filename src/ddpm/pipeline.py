@@ -1,0 +1,531 @@
+"""Unconditional image generation: noise -> denoising loop -> images (Algorithm 2 of Ho et al. 2020).
+
+:class:`DDPMPipeline` has the API and the folder format of Diffusers' ``DDPMPipeline``: the same weights and seed give
+the same images. The math lives in the scheduler (``scheduler.step``) and the network in the UNet; the pipeline only
+draws the starting noise, runs the loop and converts the result.
+
+The random stream is that of Diffusers: with one generator ``g`` the starting noise ``x_T`` is one
+``randn(B, C, H, W)`` draw, then every step with ``t > 0`` draws one more inside ``scheduler.step``. With a list of
+``B`` generators, image ``i`` takes every one of its draws from ``generator[i]``, so it does not depend on the batch
+it is generated in (see :func:`image_generators`).
+
+Beyond Diffusers: a per-step ``callback`` (watching the denoising, the paper's progressive-generation figure),
+``noise=`` to start from given noise, ``progress=False``, input validation up front, and an optional ``ddpm.json``
+beside ``model_index.json`` recording the model's recommended number of steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import images as ddpm_images
+from . import io as ddpm_io
+from .config import DIFFUSERS_FORMAT_VERSION, FrozenDict
+
+logger = logging.getLogger(__name__)
+
+MODEL_INDEX_NAME = "model_index.json"
+#: Optional file beside ``model_index.json`` with facts Diffusers has no key for (ignored by Diffusers).
+METADATA_NAME = "ddpm.json"
+#: The name that loads the model bundled with the package (``DDPMPipeline.from_pretrained("ddpm/default")``).
+BUNDLED_MODEL_NAME = "ddpm/default"
+OUTPUT_TYPES = ("pil", "np", "pt")
+#: Variance types whose UNet predicts a variance as well (twice the input channels).
+LEARNED_VARIANCE_TYPES = ("learned", "learned_range")
+
+
+class NoBundledModelError(FileNotFoundError):
+    """The package carries no bundled default model."""
+
+
+def bundled_model_path() -> Path:
+    """The folder of the model bundled with the package (a pipeline folder), or :class:`NoBundledModelError`."""
+    path = Path(__file__).resolve().parent / "assets" / "default"
+    if not (path / MODEL_INDEX_NAME).is_file():
+        raise NoBundledModelError(
+            f"no model is bundled with this version of ddpm yet (expected a pipeline folder with {MODEL_INDEX_NAME} "
+            f"at {path}); pass a pipeline folder or a Hugging Face Hub id instead"
+        )
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Outputs
+# ---------------------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class ImagePipelineOutput(OrderedDict):
+    """The pipeline's result: ``images`` is a list of PIL images, an NHWC NumPy array in ``[0, 1]`` or an NCHW
+    tensor in ``[0, 1]``. Readable as ``out.images``, ``out["images"]`` or ``out[0]``; ``out.to_tuple()``."""
+
+    images: Any
+
+    def __post_init__(self):
+        super().__init__()
+        self["images"] = self.images
+
+    def __getitem__(self, key):
+        if isinstance(key, (int, slice)):
+            return self.to_tuple()[key]
+        return super().__getitem__(key)
+
+    def to_tuple(self) -> tuple:
+        return tuple(v for v in self.values() if v is not None)
+
+    # A dataclass deriving from a dict: keep identity-based hashing off and equality field-based.
+    __hash__ = None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Random numbers
+# ---------------------------------------------------------------------------------------------------------------
+GeneratorArg = torch.Generator | Sequence[torch.Generator] | None
+
+
+def _generator_device_type(generator: GeneratorArg) -> str | None:
+    if generator is None:
+        return None
+    first = generator[0] if isinstance(generator, (list, tuple)) else generator
+    return first.device.type
+
+
+def randn_tensor(
+    shape: Sequence[int],
+    generator: GeneratorArg = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Standard normal noise drawn exactly as Diffusers' ``randn_tensor`` draws it.
+
+    A CPU generator with a non-CPU target draws on the CPU and moves the result (the same numbers on every machine);
+    a CUDA generator with a non-CUDA target raises ``ValueError``. A list of generators draws row ``i`` of the batch
+    from ``generator[i]``; a list of one is the same as that generator.
+    """
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    gen_type = _generator_device_type(generator)
+    rand_device = device
+    if gen_type is not None and gen_type != device.type:
+        if gen_type == "cpu":
+            rand_device = torch.device("cpu")
+        elif gen_type == "cuda":
+            raise ValueError(f"Cannot generate a {device} tensor from a generator of type {gen_type}.")
+    if isinstance(generator, (list, tuple)) and len(generator) == 1:
+        generator = generator[0]
+    if isinstance(generator, (list, tuple)):
+        row = (1, *shape[1:])
+        draws = [torch.randn(row, generator=generator[i], device=rand_device, dtype=dtype) for i in range(shape[0])]
+        return torch.cat(draws, dim=0).to(device)
+    return torch.randn(tuple(shape), generator=generator, device=rand_device, dtype=dtype).to(device)
+
+
+def image_seed(seed: int, index: int) -> int:
+    """The 64-bit seed of image ``index`` of a run seeded with ``seed``: ``SeedSequence([seed, index])``'s first
+    64-bit word. Independent of batching, so image ``i`` is the same whatever the batch size."""
+    if seed < 0 or index < 0:
+        raise ValueError(f"seed and image index must be >= 0, got seed={seed}, index={index}")
+    return int(np.random.SeedSequence([seed, index]).generate_state(1, dtype=np.uint64)[0])
+
+
+def image_generators(seed: int, indices: Sequence[int] | range, device: str | torch.device = "cpu"):
+    """One generator per image, seeded with :func:`image_seed`; pass the list as ``generator=`` for a batch holding
+    images ``indices``. CPU generators (the default) give the same images on every device."""
+    return [torch.Generator(device=device).manual_seed(image_seed(seed, i)) for i in indices]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The pipeline
+# ---------------------------------------------------------------------------------------------------------------
+def _parse_dtype(dtype) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if isinstance(dtype, str):
+        value = getattr(torch, dtype.removeprefix("torch."), None)
+        if isinstance(value, torch.dtype):
+            return value
+    raise ValueError(f"unknown dtype {dtype!r}; use a torch.dtype or a name such as 'float32', 'bfloat16', 'float16'")
+
+
+def _is_bool(value) -> bool:
+    return isinstance(value, (bool, np.bool_))
+
+
+class DDPMPipeline:
+    """Generate images with a trained UNet and a DDPM scheduler (Diffusers' ``DDPMPipeline`` API and folders).
+
+    >>> pipe = DDPMPipeline.from_pretrained("path/to/pipeline")          # or a Hub id, or "ddpm/default"
+    >>> images = pipe(batch_size=4, generator=torch.Generator().manual_seed(0), num_inference_steps=100).images
+
+    ``unet`` is a ``UNet2DModel`` (``forward(sample, t).sample``, ``config.sample_size/in_channels/out_channels``,
+    ``dtype``, ``device``); ``scheduler`` anything with ``set_timesteps``, ``timesteps`` and
+    ``step(model_output, t, sample, generator=)`` (a ``DDPMScheduler``).
+    """
+
+    config_name = MODEL_INDEX_NAME
+
+    def __init__(self, unet, scheduler):
+        self.unet = unet
+        self.scheduler = scheduler
+        self._progress_bar_config: dict[str, Any] = {}
+        #: The number of denoising steps the model is meant to be sampled with (``ddpm.json``), if known.
+        self.recommended_num_inference_steps: int | None = None
+        self.name_or_path: str | None = None
+
+    # -- components, device, dtype ------------------------------------------------------------------------------
+    @property
+    def components(self) -> dict[str, Any]:
+        """``{"unet": ..., "scheduler": ...}``: pass as ``DDPMPipeline(**pipe.components)`` to build another."""
+        return {"unet": self.unet, "scheduler": self.scheduler}
+
+    @property
+    def config(self) -> FrozenDict:
+        """The content of ``model_index.json`` for the current components."""
+        return FrozenDict(
+            [
+                ("_class_name", type(self).__name__),
+                ("_diffusers_version", DIFFUSERS_FORMAT_VERSION),
+                ("scheduler", ["diffusers", type(self.scheduler).__name__]),
+                ("unet", ["diffusers", type(self.unet).__name__]),
+            ]
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
+    def to(self, *args, **kwargs) -> DDPMPipeline:
+        """Move the UNet: ``.to(device)``, ``.to(dtype)``, ``.to(device, dtype)`` or keywords; returns ``self``."""
+        device = kwargs.pop("device", None)
+        dtype = kwargs.pop("dtype", None)
+        kwargs.pop("silence_dtype_warnings", None)
+        if kwargs:
+            raise TypeError(f"DDPMPipeline.to() got unexpected keyword argument(s) {sorted(kwargs)}")
+        for arg in args:
+            if isinstance(arg, torch.dtype) or (
+                isinstance(arg, str) and arg.removeprefix("torch.").startswith(("float", "bfloat", "half", "double"))
+            ):
+                dtype = arg
+            elif isinstance(arg, (str, torch.device, int)):
+                device = arg
+            else:
+                raise TypeError(f"DDPMPipeline.to() cannot interpret argument {arg!r} as a device or a dtype")
+        self.unet.to(device=device, dtype=_parse_dtype(dtype))
+        return self
+
+    # -- progress bar -------------------------------------------------------------------------------------------
+    def set_progress_bar_config(self, **kwargs) -> None:
+        """Keyword arguments for the tqdm progress bar of the next calls (e.g. ``disable=True``, ``leave=False``)."""
+        self._progress_bar_config = dict(kwargs)
+
+    def progress_bar(self, iterable=None, total=None):
+        from tqdm.auto import tqdm
+
+        config = dict(self._progress_bar_config)
+        if "disable" not in config:
+            # Like Diffusers: only rank zero of a distributed run shows a bar.
+            dist = torch.distributed
+            config["disable"] = dist.is_available() and dist.is_initialized() and dist.get_rank() != 0
+        if iterable is not None:
+            return tqdm(iterable, **config)
+        if total is not None:
+            return tqdm(total=total, **config)
+        raise ValueError("Either `total` or `iterable` has to be defined.")
+
+    @staticmethod
+    def numpy_to_pil(images: np.ndarray):
+        """NHWC images in ``[0, 1]`` -> list of PIL images (``x * 255`` rounded; one channel gives mode "L")."""
+        return ddpm_images.numpy_to_pil(images)
+
+    # -- checks -------------------------------------------------------------------------------------------------
+    def _image_shape(self, batch_size: int) -> tuple[int, ...]:
+        config = self.unet.config
+        size = config.sample_size
+        if size is None:
+            raise ValueError("unet.config.sample_size is not set, so the image size is unknown")
+        hw = (size, size) if isinstance(size, int) else tuple(size)
+        if len(hw) != 2:
+            raise ValueError(f"unet.config.sample_size must be an int or (height, width), got {size!r}")
+        return (batch_size, config.in_channels, *hw)
+
+    def check_components(self) -> None:
+        """Raise ``ValueError`` when the UNet's output channels do not fit the scheduler's variance type."""
+        in_ch, out_ch = self.unet.config.in_channels, self.unet.config.out_channels
+        variance_type = getattr(self.scheduler.config, "variance_type", None)
+        if variance_type in LEARNED_VARIANCE_TYPES:
+            if out_ch != 2 * in_ch:
+                raise ValueError(
+                    f"the scheduler's variance_type {variance_type!r} needs a UNet predicting noise and variance "
+                    f"(out_channels = 2 * in_channels = {2 * in_ch}), but unet.config.out_channels is {out_ch}"
+                )
+        elif out_ch != in_ch:
+            raise ValueError(
+                f"the scheduler's variance_type {variance_type!r} needs a UNet with out_channels = in_channels = "
+                f"{in_ch}, but unet.config.out_channels is {out_ch}"
+                + (" (a learned-variance UNet needs variance_type 'learned_range')" if out_ch == 2 * in_ch else "")
+            )
+
+    def _check_call(self, batch_size, generator, num_inference_steps, output_type, callback, callback_steps):
+        if _is_bool(batch_size) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        if isinstance(generator, (list, tuple)):
+            if not generator or not all(isinstance(g, torch.Generator) for g in generator):
+                raise ValueError("generator must be a torch.Generator or a non-empty list of torch.Generator")
+            if len(generator) not in (1, batch_size):
+                raise ValueError(
+                    f"You have passed a list of generators of length {len(generator)}, but requested a batch size of "
+                    f"{batch_size}. Make sure the batch size matches the length of the generators."
+                )
+        elif generator is not None and not isinstance(generator, torch.Generator):
+            raise ValueError(f"generator must be a torch.Generator or a list of them, got {type(generator).__name__}")
+        gen_type = _generator_device_type(generator)
+        if gen_type == "cuda" and self.device.type != "cuda":
+            raise ValueError(f"Cannot generate a {self.device} tensor from a generator of type {gen_type}.")
+        num_train = self.scheduler.config.num_train_timesteps
+        if (
+            _is_bool(num_inference_steps)
+            or not isinstance(num_inference_steps, (int, np.integer))
+            or not 1 <= num_inference_steps <= num_train
+        ):
+            raise ValueError(
+                f"num_inference_steps must be an integer in [1, {num_train}] (the scheduler's num_train_timesteps), "
+                f"got {num_inference_steps!r}"
+            )
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {list(OUTPUT_TYPES)}, got {output_type!r}.")
+        if callback is not None and not callable(callback):
+            raise ValueError(f"callback must be callable, got {type(callback).__name__}")
+        if _is_bool(callback_steps) or not isinstance(callback_steps, (int, np.integer)) or callback_steps < 1:
+            raise ValueError(f"callback_steps must be an integer >= 1, got {callback_steps!r}")
+        self.check_components()
+
+    # -- sampling -----------------------------------------------------------------------------------------------
+    def __call__(
+        self,
+        batch_size: int | None = None,
+        generator: GeneratorArg = None,
+        num_inference_steps: int = 1000,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        *,
+        noise: torch.Tensor | None = None,
+        callback: Callable[[int, int, torch.Tensor, torch.Tensor], None] | None = None,
+        callback_steps: int = 1,
+        progress: bool = True,
+    ) -> ImagePipelineOutput | tuple:
+        """Generate ``batch_size`` images (Algorithm 2 of the paper, on the scheduler's timesteps).
+
+        Args:
+            batch_size: number of images; default 1, or the batch of ``noise`` when it is given.
+            generator: a ``torch.Generator`` or one per image (a list of ``batch_size``); used for the starting noise
+                and for every step's noise. CPU generators give the same images on every device.
+            num_inference_steps: denoising steps, in ``[1, scheduler.config.num_train_timesteps]``; the scheduler's
+                ``timestep_spacing`` decides which timesteps are visited.
+            output_type: ``"pil"`` (list of PIL images), ``"np"`` (NHWC float array in [0, 1]) or ``"pt"``
+                (NCHW tensor in [0, 1] on the pipeline's device).
+            return_dict: return :class:`ImagePipelineOutput` (else the tuple ``(images,)``).
+            noise: start from this ``x_T`` instead of drawing it: shape ``(batch_size, C, H, W)``, floating point
+                (cast to the UNet's dtype and moved to its device; the tensor itself is not modified).
+            callback: called as ``callback(step_index, t, sample, pred_original_sample)`` after steps
+                ``0, callback_steps, 2 * callback_steps, ...`` and after the last step; ``sample`` is ``x_{t-1}``
+                and ``pred_original_sample`` the step's prediction of ``x_0``, both in model space ([-1, 1]).
+                They are inference tensors of the loop: clone them to keep them, do not modify them.
+            callback_steps: call ``callback`` every this many steps.
+            progress: show the tqdm bar (see :meth:`set_progress_bar_config`).
+        """
+        if noise is not None and not isinstance(noise, torch.Tensor):
+            raise ValueError(f"noise must be a torch.Tensor, got {type(noise).__name__}")
+        if batch_size is None:
+            batch_size = noise.shape[0] if noise is not None and noise.ndim > 0 else 1
+        self._check_call(batch_size, generator, num_inference_steps, output_type, callback, callback_steps)
+        shape = self._image_shape(int(batch_size))
+        device, dtype = self.device, self.dtype
+        if noise is not None:
+            if tuple(noise.shape) != shape:
+                raise ValueError(
+                    f"noise must have shape {shape} (batch, channels, height, width), got {tuple(noise.shape)}"
+                )
+            if not noise.dtype.is_floating_point:
+                raise ValueError(f"noise must be a floating-point tensor, got dtype {noise.dtype}")
+
+        with torch.inference_mode():
+            if noise is not None:
+                sample = noise.to(device=device, dtype=dtype)
+            elif device.type == "mps":  # randn is not reproducible on mps: draw on the CPU (as Diffusers)
+                sample = randn_tensor(shape, generator=generator, dtype=dtype).to(device)
+            else:
+                sample = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+
+            scheduler = self.scheduler
+            scheduler.set_timesteps(int(num_inference_steps))
+            timesteps = scheduler.timesteps
+            # The UNet gets the timestep already on its device (no host-to-device copy per step); the scheduler gets
+            # it on the CPU where its timesteps live, as in Diffusers.
+            unet_timesteps = timesteps.to(device)
+            last = len(timesteps) - 1
+            steps = self.progress_bar(range(len(timesteps))) if progress else range(len(timesteps))
+            for i in steps:
+                t = timesteps[i]
+                model_output = self.unet(sample, unet_timesteps[i]).sample
+                out = scheduler.step(model_output, t, sample, generator=generator)
+                sample = out.prev_sample
+                if callback is not None and (i % callback_steps == 0 or i == last):
+                    callback(i, int(t), sample, out.pred_original_sample)
+
+            images = ddpm_images.model_to_unit(sample)
+            if output_type != "pt":
+                images = ddpm_images.pt_to_numpy(images)
+                if output_type == "pil":
+                    images = self.numpy_to_pil(images)
+        if output_type == "pt":
+            images = images.clone()  # a normal tensor, usable with autograd, not an inference tensor
+        if not return_dict:
+            return (images,)
+        return ImagePipelineOutput(images=images)
+
+    # -- folders ------------------------------------------------------------------------------------------------
+    def save_pretrained(self, save_directory: str | os.PathLike, safe_serialization: bool = True, **kwargs) -> Path:
+        """Write a pipeline folder that Diffusers' ``DDPMPipeline.from_pretrained`` loads: ``model_index.json``,
+        ``unet/`` and ``scheduler/`` (plus ``ddpm.json`` when :attr:`recommended_num_inference_steps` is set)."""
+        if kwargs:
+            warnings.warn(f"save_pretrained: ignoring keyword arguments {sorted(kwargs)}", stacklevel=2)
+        folder = Path(save_directory)
+        if folder.is_file():
+            raise ValueError(f"Provided path ({folder}) should be a directory, not a file")
+        folder.mkdir(parents=True, exist_ok=True)
+        if safe_serialization:
+            self.unet.save_pretrained(folder / "unet")
+        else:
+            self.unet.save_pretrained(folder / "unet", safe_serialization=False)
+        save_scheduler = getattr(self.scheduler, "save_pretrained", None) or self.scheduler.save_config
+        save_scheduler(folder / "scheduler")
+        metadata = folder / METADATA_NAME
+        if self.recommended_num_inference_steps is not None:
+            data = {"num_inference_steps": int(self.recommended_num_inference_steps)}
+            ddpm_io.atomic_write_text(metadata, json.dumps(data, indent=2, sort_keys=True) + "\n")
+        elif metadata.is_file():
+            metadata.unlink()
+        # model_index.json last: a folder with it is complete.
+        index = json.dumps(dict(self.config), indent=2, sort_keys=True) + "\n"
+        ddpm_io.atomic_write_text(folder / MODEL_INDEX_NAME, index)
+        return folder
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike | None = None,
+        torch_dtype: torch.dtype | str | None = None,
+        dtype: torch.dtype | str | None = None,
+        revision: str | None = None,
+        unet=None,
+        scheduler=None,
+        cache_dir: str | os.PathLike | None = None,
+        local_files_only: bool | None = None,
+        token: str | bool | None = None,
+        **kwargs,
+    ) -> DDPMPipeline:
+        """Load a pipeline folder in Diffusers' layout (``model_index.json``, ``unet/``, ``scheduler/``).
+
+        ``pretrained_model_name_or_path`` is a local folder, a Hugging Face Hub id (through :mod:`ddpm.io`: an
+        :class:`ddpm.io.OfflineError` when offline and not cached), or ``"ddpm/default"`` / nothing for the model
+        bundled with the package. ``dtype`` (or its older name ``torch_dtype``) casts the UNet; ``unet=`` or
+        ``scheduler=`` replace a component instead of loading it.
+        """
+        if kwargs:
+            warnings.warn(
+                f"Keyword arguments {kwargs} are not expected by {cls.__name__} and will be ignored.", stacklevel=2
+            )
+        if dtype is not None and torch_dtype is not None and _parse_dtype(dtype) != _parse_dtype(torch_dtype):
+            raise ValueError(f"dtype={dtype} and torch_dtype={torch_dtype} disagree; pass only `dtype`")
+        dtype = _parse_dtype(dtype if dtype is not None else torch_dtype)
+        name = pretrained_model_name_or_path
+        if name is None or str(name) == BUNDLED_MODEL_NAME:
+            name = bundled_model_path()
+        hub = {"revision": revision, "cache_dir": cache_dir, "local_files_only": local_files_only, "token": token}
+        hub = {k: v for k, v in hub.items() if v is not None}
+        index_file = ddpm_io.resolve_file(name, MODEL_INDEX_NAME, **hub)
+        try:
+            index = json.loads(Path(index_file).read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise OSError(f"{index_file} is not a valid JSON file: {err}") from None
+        if not isinstance(index, dict):
+            raise OSError(f"{index_file} does not hold a JSON object")
+        class_name = index.get("_class_name")
+        if class_name not in (None, cls.__name__):
+            logger.warning("%s describes a %s; loading it as a %s.", index_file, class_name, cls.__name__)
+
+        if unet is None:
+            _check_component(index, "unet", ("UNet2DModel",), index_file)
+            from .models import UNet2DModel
+
+            unet_kwargs = dict(hub)
+            if dtype is not None:
+                unet_kwargs["torch_dtype"] = dtype
+            unet = UNet2DModel.from_pretrained(name, subfolder="unet", **unet_kwargs)
+        elif dtype is not None:
+            unet = unet.to(dtype=dtype)
+        if scheduler is None:
+            _check_component(index, "scheduler", None, index_file)
+            from .scheduler import DDPMScheduler
+
+            scheduler_class = index["scheduler"][1] if isinstance(index.get("scheduler"), list) else None
+            if scheduler_class not in (None, "DDPMScheduler"):
+                logger.warning(
+                    "%s names the scheduler %s; loading its config into a DDPMScheduler (pass scheduler= to choose).",
+                    index_file,
+                    scheduler_class,
+                )
+            scheduler = DDPMScheduler.from_pretrained(name, subfolder="scheduler", **hub)
+
+        pipe = cls(unet=unet, scheduler=scheduler)
+        pipe.name_or_path = str(name)
+        pipe.recommended_num_inference_steps = _read_recommended_steps(name, hub)
+        return pipe
+
+
+def _check_component(index: dict, key: str, allowed: tuple[str, ...] | None, index_file) -> None:
+    entry = index.get(key)
+    if not (isinstance(entry, (list, tuple)) and len(entry) == 2):
+        raise ValueError(f"{index_file} has no valid '{key}' entry (expected [library, class name]), got {entry!r}")
+    if allowed is not None and entry[1] not in allowed:
+        raise ValueError(
+            f"{index_file}: the '{key}' component is a {entry[1]}, which ddpm cannot load (supported: "
+            f"{', '.join(allowed)}); pass {key}= to use your own"
+        )
+
+
+def _read_recommended_steps(name, hub: dict) -> int | None:
+    """``num_inference_steps`` from the optional ``ddpm.json`` beside ``model_index.json``, else None."""
+    local = Path(name)
+    if local.is_dir():
+        path = local / METADATA_NAME
+        if not path.is_file():
+            return None
+    else:
+        try:
+            path = ddpm_io.resolve_file(name, METADATA_NAME, **hub)
+        except OSError:
+            return None
+    try:
+        value = json.loads(path.read_text(encoding="utf-8")).get("num_inference_steps")
+    except (OSError, ValueError, AttributeError) as err:
+        logger.warning("ignoring unreadable %s: %s", path, err)
+        return None
+    if value is None:
+        return None
+    if _is_bool(value) or not isinstance(value, int) or value < 1:
+        logger.warning("ignoring num_inference_steps=%r in %s: not an integer >= 1", value, path)
+        return None
+    return value

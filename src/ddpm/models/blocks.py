@@ -1,0 +1,352 @@
+"""Building blocks of the DDPM UNet, with Diffusers' module and parameter names.
+
+Paper App. B: a PixelCNN++-style U-Net of Wide-ResNet blocks with GroupNorm, the sinusoidal time embedding added in
+every residual block, and single-head self-attention at the 16x16 resolution. Module names (``norm1``, ``conv1``,
+``time_emb_proj``, ``to_q``, ``downsamplers.0.conv``, ...) equal Diffusers' so that its ``state_dict`` loads 1:1.
+
+Tensors are NCHW. The forwards allocate as little as they can: activations are applied in place on freshly computed
+tensors, the time projection and the residual are added in place into the convolution outputs (autograd-safe: those
+ops do not need the overwritten values for their gradients), and attention runs through
+``F.scaled_dot_product_attention`` with its output projection fused with the residual add in one batched GEMM.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
+
+
+def _silu_(x: torch.Tensor) -> torch.Tensor:
+    return F.silu(x, inplace=True)
+
+
+class ResnetBlock2D(nn.Module):
+    """Wide-ResNet block: ``GN -> SiLU -> conv3x3 -> +temb -> GN -> SiLU -> dropout -> conv3x3`` plus a shortcut.
+
+    ``time_embedding_norm="scale_shift"`` replaces the additive time embedding by ``GN(h) * (1 + scale) + shift``
+    (improved-DDPM's adaptive GroupNorm). The shortcut is a 1x1 convolution (with bias) when the width changes.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        temb_channels: int,
+        groups: int = 32,
+        eps: float = 1e-6,
+        dropout: float = 0.0,
+        time_embedding_norm: str = "default",
+        output_scale_factor: float = 1.0,
+    ):
+        super().__init__()
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.scale_shift = time_embedding_norm == "scale_shift"
+        self.output_scale_factor = float(output_scale_factor)
+        self.norm1 = nn.GroupNorm(groups, in_channels, eps=eps, affine=True)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=1, padding=1)
+        self.time_emb_proj = nn.Linear(temb_channels, 2 * out_channels if self.scale_shift else out_channels)
+        self.norm2 = nn.GroupNorm(groups, out_channels, eps=eps, affine=True)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, stride=1, padding=1)
+        self.conv_shortcut = (
+            nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=1, padding=0)
+            if in_channels != out_channels
+            else None
+        )
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(_silu_(self.norm1(x)))
+        t = self.time_emb_proj(F.silu(temb))[:, :, None, None]
+        if self.scale_shift:
+            scale, shift = t.chunk(2, dim=1)
+            h = torch.addcmul(shift, self.norm2(h), scale + 1.0)
+        else:
+            h = self.norm2(h.add_(t))
+        h = self.conv2(self.dropout(_silu_(h)))
+        shortcut = x if self.conv_shortcut is None else self.conv_shortcut(x)
+        h = h.add_(shortcut)
+        if self.output_scale_factor != 1.0:
+            h = h.div_(self.output_scale_factor)
+        return h
+
+
+class Attention(nn.Module):
+    """Spatial self-attention with a residual connection (Diffusers' ``Attention`` in deprecated-attention-block mode).
+
+    ``GN -> q, k, v (Linear over channels) -> softmax(q k^T / sqrt(head_dim)) v -> to_out.0 -> + x``, then divided by
+    ``rescale_output_factor``. ``heads = channels // head_dim``; the DDPM checkpoints use one head of ``channels``.
+    ``norm_num_groups=None`` means no GroupNorm (Diffusers' mid block with ``resnet_time_scale_shift != "default"``).
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        head_dim: int,
+        norm_num_groups: int | None = 32,
+        eps: float = 1e-6,
+        rescale_output_factor: float = 1.0,
+    ):
+        super().__init__()
+        if head_dim <= 0 or head_dim > channels:
+            raise ValueError(f"attention_head_dim must be in [1, {channels}] for {channels} channels, got {head_dim}")
+        self.channels = channels
+        self.heads = channels // head_dim
+        self.head_dim = head_dim
+        inner = self.heads * head_dim
+        self.rescale_output_factor = float(rescale_output_factor)
+        self.group_norm = (
+            nn.GroupNorm(norm_num_groups, channels, eps=eps, affine=True) if norm_num_groups is not None else None
+        )
+        self.to_q = nn.Linear(channels, inner, bias=True)
+        self.to_k = nn.Linear(channels, inner, bias=True)
+        self.to_v = nn.Linear(channels, inner, bias=True)
+        self.to_out = nn.ModuleList([nn.Linear(inner, channels, bias=True)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, height, width = x.shape
+        length = height * width
+        h = x if self.group_norm is None else self.group_norm(x)
+        # (B, C, H, W) -> (B, L, C) as a strided view; the projections read it without a copy.
+        h = h.reshape(b, c, length).transpose(1, 2)
+        q = self.to_q(h)
+        k = self.to_k(h)
+        v = self.to_v(h)
+        if self.heads == 1:
+            o = F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None])[:, 0]
+        else:
+            shape = (b, length, self.heads, self.head_dim)
+            o = F.scaled_dot_product_attention(
+                q.view(shape).transpose(1, 2), k.view(shape).transpose(1, 2), v.view(shape).transpose(1, 2)
+            )
+            o = o.transpose(1, 2).reshape(b, length, self.heads * self.head_dim)
+        out = self.to_out[0]
+        # residual + bias + W_o @ o^T in one pass: the GEMM accumulates into the (residual + bias) buffer, NCHW.
+        y = (x + out.bias[:, None, None]).reshape(b, c, length)
+        y = y.baddbmm_(out.weight.expand(b, -1, -1), o.transpose(1, 2))
+        y = y.view(b, c, height, width)
+        if self.rescale_output_factor != 1.0:
+            y = y.div_(self.rescale_output_factor)
+        return y
+
+
+class Downsample2D(nn.Module):
+    """Stride-2 3x3 convolution. ``padding=0`` pads right and bottom by one first (TensorFlow "SAME", as DDPM)."""
+
+    def __init__(self, channels: int, padding: int = 1):
+        super().__init__()
+        self.padding = padding
+        self.conv = nn.Conv2d(channels, channels, kernel_size=3, stride=2, padding=padding)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.padding == 0:
+            x = F.pad(x, (0, 1, 0, 1), mode="constant", value=0.0)
+        return self.conv(x)
+
+
+class Upsample2D(nn.Module):
+    """Nearest-neighbour x2 upsampling followed by a 3x3 convolution."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] >= 64:
+            # upsample_nearest on channels-last input fails for large batches (Diffusers issue 984).
+            x = x.contiguous()
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class _Block(nn.Module):
+    """Shared gradient-checkpointing switch of the down, mid and up blocks."""
+
+    gradient_checkpointing = False
+
+    def _layer(self, i: int, h: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        h = self.resnets[i](h, temb)
+        if self.attentions is not None:
+            h = self.attentions[i](h)
+        return h
+
+    def _run_layer(self, i: int, h: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return checkpoint(self._layer, i, h, temb, use_reentrant=False)
+        return self._layer(i, h, temb)
+
+
+class DownBlock2D(_Block):
+    """``num_layers`` residual blocks (each followed by attention when ``with_attention``) then a downsampler.
+
+    Returns the block output and every intermediate output (the skip connections of the up path).
+    ``AttnDownBlock2D`` is this block with attention; as in Diffusers, its residual blocks get no dropout (Diffusers'
+    ``get_down_block`` does not pass ``dropout`` to ``AttnDownBlock2D``).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        temb_channels: int,
+        num_layers: int,
+        add_downsample: bool,
+        groups: int,
+        eps: float,
+        dropout: float,
+        time_embedding_norm: str,
+        downsample_padding: int,
+        with_attention: bool = False,
+        attention_head_dim: int | None = None,
+    ):
+        super().__init__()
+        self.attentions = (
+            nn.ModuleList(
+                [Attention(out_channels, attention_head_dim or out_channels, groups, eps) for _ in range(num_layers)]
+            )
+            if with_attention
+            else None
+        )
+        self.resnets = nn.ModuleList(
+            [
+                ResnetBlock2D(
+                    in_channels if i == 0 else out_channels,
+                    out_channels,
+                    temb_channels,
+                    groups=groups,
+                    eps=eps,
+                    dropout=dropout,
+                    time_embedding_norm=time_embedding_norm,
+                )
+                for i in range(num_layers)
+            ]
+        )
+        self.downsamplers = nn.ModuleList([Downsample2D(out_channels, downsample_padding)]) if add_downsample else None
+
+    def forward(self, h: torch.Tensor, temb: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        outputs = ()
+        for i in range(len(self.resnets)):
+            h = self._run_layer(i, h, temb)
+            outputs += (h,)
+        if self.downsamplers is not None:
+            h = self.downsamplers[0](h)
+            outputs += (h,)
+        return h, outputs
+
+
+class UpBlock2D(_Block):
+    """``num_layers`` residual blocks on ``cat([h, skip])`` (each followed by attention when ``with_attention``),
+    then an upsampler. Skips are consumed from the end of ``skips``."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        prev_output_channels: int,
+        out_channels: int,
+        temb_channels: int,
+        num_layers: int,
+        add_upsample: bool,
+        groups: int,
+        eps: float,
+        dropout: float,
+        time_embedding_norm: str,
+        with_attention: bool = False,
+        attention_head_dim: int | None = None,
+    ):
+        super().__init__()
+        self.attentions = (
+            nn.ModuleList(
+                [Attention(out_channels, attention_head_dim or out_channels, groups, eps) for _ in range(num_layers)]
+            )
+            if with_attention
+            else None
+        )
+        resnets = []
+        for i in range(num_layers):
+            skip_channels = in_channels if i == num_layers - 1 else out_channels
+            resnet_in = prev_output_channels if i == 0 else out_channels
+            resnets.append(
+                ResnetBlock2D(
+                    resnet_in + skip_channels,
+                    out_channels,
+                    temb_channels,
+                    groups=groups,
+                    eps=eps,
+                    dropout=dropout,
+                    time_embedding_norm=time_embedding_norm,
+                )
+            )
+        self.resnets = nn.ModuleList(resnets)
+        self.upsamplers = nn.ModuleList([Upsample2D(out_channels)]) if add_upsample else None
+
+    def forward(self, h: torch.Tensor, skips: tuple[torch.Tensor, ...], temb: torch.Tensor) -> torch.Tensor:
+        for i in range(len(self.resnets)):
+            h = self._run_layer(i, torch.cat([h, skips[-1 - i]], dim=1), temb)
+        if self.upsamplers is not None:
+            h = self.upsamplers[0](h)
+        return h
+
+
+class UNetMidBlock2D(_Block):
+    """``resnets.0 -> attentions.0 -> resnets.1`` at the lowest resolution.
+
+    Attention GroupNorm groups: ``attn_groups``, or ``resnet_groups`` when it is None and the time embedding is
+    additive, or no GroupNorm at all otherwise (Diffusers' rule). ``output_scale_factor`` divides every residual output.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        temb_channels: int,
+        groups: int,
+        eps: float,
+        dropout: float,
+        time_embedding_norm: str,
+        output_scale_factor: float,
+        attention_head_dim: int | None,
+        attn_groups: int | None,
+        add_attention: bool,
+    ):
+        super().__init__()
+        if attn_groups is None and time_embedding_norm == "default":
+            attn_groups = groups
+        self.add_attention = add_attention
+        self.attentions = nn.ModuleList(
+            [
+                Attention(
+                    channels,
+                    attention_head_dim or channels,
+                    attn_groups,
+                    eps,
+                    rescale_output_factor=output_scale_factor,
+                )
+            ]
+            if add_attention
+            else [None]
+        )
+        self.resnets = nn.ModuleList(
+            [
+                ResnetBlock2D(
+                    channels,
+                    channels,
+                    temb_channels,
+                    groups=groups,
+                    eps=eps,
+                    dropout=dropout,
+                    time_embedding_norm=time_embedding_norm,
+                    output_scale_factor=output_scale_factor,
+                )
+                for _ in range(2)
+            ]
+        )
+
+    def _layer(self, i: int, h: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        # layer 0: resnets.0 ; layer 1: attentions.0 then resnets.1
+        if i == 1 and self.attentions[0] is not None:
+            h = self.attentions[0](h)
+        return self.resnets[i](h, temb)
+
+    def forward(self, h: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        h = self._run_layer(0, h, temb)
+        return self._run_layer(1, h, temb)

@@ -293,18 +293,19 @@ class ModelMixin(nn.Module, ConfigMixin):
         state_dict = ddpm_io.load_state_dict(weights_file)
         state_dict = convert_legacy_attention_keys(state_dict)
 
-        # Build without initialising the parameters (they are all replaced), then check and assign the tensors.
+        if torch_dtype is not None and not isinstance(torch_dtype, torch.dtype):
+            raise TypeError(f"torch_dtype must be a torch.dtype, got {torch_dtype!r}")
+        # Build without initialising the parameters (every one is overwritten), check the tensors, then copy them
+        # into freshly allocated (aligned) parameters of the default dtype, as Diffusers does, and cast.
         with torch.device("meta"):
             model = cls.from_config(config, **overrides)
         model._check_state_dict(state_dict, f"{weights_file}")
-        model.load_state_dict(state_dict, strict=True, assign=True)
+        model.to_empty(device=device if device is not None else "cpu")
         model._reset_non_persistent_buffers()
-        dtype = torch_dtype if torch_dtype is not None else torch.get_default_dtype()
-        if not isinstance(dtype, torch.dtype):
-            raise TypeError(f"torch_dtype must be a torch.dtype, got {torch_dtype!r}")
-        model.to(dtype=dtype)
-        if device is not None:
-            model.to(device)
+        model.load_state_dict(state_dict, strict=True)
+        del state_dict
+        if torch_dtype is not None:
+            model.to(dtype=torch_dtype)
         model.register_to_config(_name_or_path=str(pretrained_model_name_or_path))
         return model.eval()
 

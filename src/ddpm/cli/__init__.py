@@ -11,6 +11,7 @@ import sys
 
 COMMANDS = {
     "sample": "ddpm.cli.sample:add_parser",
+    "train": "ddpm.cli.train:add_parser",
     "eval": "ddpm.cli.eval:add_parser",
 }
 

@@ -1,0 +1,304 @@
+"""The resolved configuration of a training run: a typed dataclass, presets, and how they combine.
+
+Precedence, lowest first: the dataclass defaults (the paper's CIFAR-10 recipe), a preset file (``--config``), a UNet
+``config.json`` (``--model-config``, replaces the architecture), then options given explicitly. The result is validated
+once, written to ``<output_dir>/config.json`` and stored inside every checkpoint.
+
+Presets are versioned JSON files in ``configs/`` at the repository root; copies ship inside the package
+(``ddpm/training/presets``) so that an installed ``ddpm`` finds them by bare name (``--config cifar10``). A test keeps
+the two identical. A preset holds any subset of the :class:`TrainConfig` fields; its ``model`` replaces the default
+architecture and its ``scheduler`` keys override the default scheduler keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PRESET_DIR = Path(__file__).resolve().parent / "presets"
+REPO_CONFIGS = Path(__file__).resolve().parents[3] / "configs"
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range")
+LEARNED_VARIANCE_TYPES = ("learned", "learned_range")
+
+
+class ConfigError(ValueError):
+    """An invalid option or preset; the message names the key, the value and what is allowed."""
+
+
+def cifar10_unet() -> dict[str, Any]:
+    """The paper's 35.7M CIFAR-10 network with Diffusers' keys (google/ddpm-cifar10-32's config.json)."""
+    return {
+        "act_fn": "silu",
+        "attention_head_dim": None,
+        "block_out_channels": [128, 256, 256, 256],
+        "center_input_sample": False,
+        "down_block_types": ["DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"],
+        "downsample_padding": 0,
+        "flip_sin_to_cos": False,
+        "freq_shift": 1,
+        "layers_per_block": 2,
+        "mid_block_scale_factor": 1,
+        "norm_eps": 1e-06,
+        "norm_num_groups": 32,
+        "time_embedding_type": "positional",
+        "up_block_types": ["UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"],
+    }
+
+
+def default_scheduler() -> dict[str, Any]:
+    """The paper's forward process: T = 1000, betas linear from 1e-4 to 0.02, epsilon prediction, sigma^2 = beta."""
+    return {
+        "num_train_timesteps": 1000,
+        "beta_schedule": "linear",
+        "beta_start": 0.0001,
+        "beta_end": 0.02,
+        "variance_type": "fixed_large",
+        "prediction_type": "epsilon",
+        "clip_sample": True,
+    }
+
+
+# Keys of the UNet config that the training options set; a preset's or file's values for them are overridden.
+_UNET_KEYS_FROM_OPTIONS = ("sample_size", "in_channels", "out_channels", "dropout")
+
+
+@dataclass
+class TrainConfig:
+    """Every option of a training run. Defaults are the paper's CIFAR-10 recipe (Ho et al. 2020, App. B)."""
+
+    # Data
+    data: str | None = None  # image folder, idx file/folder, .npz, fashion-mnist, cifar10[:PATH]
+    resolution: int = 32  # image side in pixels
+    channels: int = 3  # 1 (grey) or 3 (RGB)
+    hflip: bool = True  # random horizontal flips
+    num_workers: int = 2  # data-loading worker processes (image folders decode in them)
+    # Model and diffusion
+    model: dict = field(default_factory=cifar10_unet)  # UNet2DModel config keys (Diffusers names)
+    scheduler: dict = field(default_factory=default_scheduler)  # DDPMScheduler config keys
+    dropout: float = 0.1
+    vlb_weight: float = 0.001  # lambda of the hybrid loss (learned variance only; improved DDPM)
+    gradient_checkpointing: bool = False
+    # Optimisation
+    batch_size: int = 128  # global batch, split across processes
+    lr: float = 2e-4
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    warmup_steps: int = 5000  # linear LR warm-up
+    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
+    ema_decay: float = 0.9999
+    ema_warmup: bool = False  # decay = min(ema_decay, 1 - (1 + step/inv_gamma)^-power), as Diffusers' EMAModel
+    ema_inv_gamma: float = 1.0
+    ema_power: float = 0.75
+    max_steps: int = 800_000
+    precision: str = "fp32"  # fp32, bf16 (autocast) or fp16 (autocast + gradient scaler)
+    seed: int = 0
+    # Outputs
+    output_dir: str = "runs/ddpm"
+    checkpoint_every: int = 5000
+    keep_checkpoints: int = 2
+    sample_every: int = 5000
+    sample_steps: int = 100  # denoising steps of the grids drawn during training (strided)
+    num_samples: int = 16  # images per grid
+    sample_seed: int = 0
+    log_every: int = 10
+    device: str = "auto"  # auto, cpu, cuda, cuda:N
+    description: str = ""  # free text from a preset
+
+    # -- derived -------------------------------------------------------------------------------------------------
+    @property
+    def learned_variance(self) -> bool:
+        return self.scheduler.get("variance_type") in LEARNED_VARIANCE_TYPES
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return int(self.scheduler.get("num_train_timesteps", 1000))
+
+    def unet_config(self) -> dict[str, Any]:
+        """The UNet2DModel config this run builds: the architecture plus the shape and dropout from the options."""
+        cfg = {k: v for k, v in self.model.items() if not k.startswith("_")}
+        cfg["sample_size"] = self.resolution
+        cfg["in_channels"] = self.channels
+        cfg["out_channels"] = self.channels * (2 if self.learned_variance else 1)
+        cfg["dropout"] = self.dropout
+        return cfg
+
+    def scheduler_config(self) -> dict[str, Any]:
+        return dict(self.scheduler)
+
+    # -- (de)serialisation ---------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], base: TrainConfig | None = None, source: str = "config") -> TrainConfig:
+        """``base`` (default: the defaults) with the keys of ``data`` applied; unknown keys are an error."""
+        cfg = dataclasses.replace(base) if base is not None else cls()
+        cfg.model = dict(cfg.model)
+        cfg.scheduler = dict(cfg.scheduler)
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        for key, value in data.items():
+            if key.startswith("_"):
+                continue
+            if key not in names:
+                raise ConfigError(f"{source}: unknown option {key!r}; allowed: {', '.join(sorted(names))}")
+            if key == "model":
+                if not isinstance(value, dict):
+                    raise ConfigError(f"{source}: 'model' must be a JSON object of UNet2DModel config keys")
+                cfg.model = {k: v for k, v in value.items() if not k.startswith("_")}
+            elif key == "scheduler":
+                if not isinstance(value, dict):
+                    raise ConfigError(f"{source}: 'scheduler' must be a JSON object of DDPMScheduler config keys")
+                cfg.scheduler.update({k: v for k, v in value.items() if not k.startswith("_")})
+            else:
+                setattr(cfg, key, _coerce(names[key], value, source))
+        return cfg
+
+    def validate(self) -> TrainConfig:
+        """Check every value; raise :class:`ConfigError` naming the first bad one. Returns self."""
+
+        def need(ok: bool, key: str, allowed: str) -> None:
+            if not ok:
+                raise ConfigError(f"invalid {key}={getattr(self, key)!r}: must be {allowed}")
+
+        need(self.resolution >= 1, "resolution", "a positive integer")
+        need(self.channels in (1, 3), "channels", "1 or 3")
+        need(self.num_workers >= 0, "num_workers", ">= 0")
+        need(0.0 <= self.dropout < 1.0, "dropout", "in [0, 1)")
+        need(self.vlb_weight >= 0, "vlb_weight", ">= 0")
+        need(self.batch_size >= 1, "batch_size", "a positive integer")
+        need(self.lr > 0, "lr", "> 0")
+        need(self.warmup_steps >= 0, "warmup_steps", ">= 0")
+        need(self.grad_clip >= 0, "grad_clip", ">= 0 (0 disables clipping)")
+        need(0.0 <= self.ema_decay < 1.0, "ema_decay", "in [0, 1)")
+        need(self.ema_inv_gamma > 0, "ema_inv_gamma", "> 0")
+        need(self.max_steps >= 1, "max_steps", "a positive integer")
+        need(self.precision in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}")
+        need(self.checkpoint_every >= 1, "checkpoint_every", "a positive integer")
+        need(self.keep_checkpoints >= 1, "keep_checkpoints", "a positive integer")
+        need(self.sample_every >= 0, "sample_every", ">= 0 (0 disables grids during training)")
+        need(self.sample_steps >= 1, "sample_steps", "a positive integer")
+        need(self.num_samples >= 1, "num_samples", "a positive integer")
+        need(self.log_every >= 1, "log_every", "a positive integer")
+        pred = self.scheduler.get("prediction_type", "epsilon")
+        if pred not in PREDICTION_TYPES:
+            raise ConfigError(
+                f"invalid scheduler.prediction_type={pred!r}: must be one of {', '.join(PREDICTION_TYPES)}"
+            )
+        var = self.scheduler.get("variance_type", "fixed_small")
+        if var not in VARIANCE_TYPES:
+            raise ConfigError(f"invalid scheduler.variance_type={var!r}: must be one of {', '.join(VARIANCE_TYPES)}")
+        if self.num_train_timesteps < 1:
+            raise ConfigError(f"invalid scheduler.num_train_timesteps={self.num_train_timesteps}: must be >= 1")
+        if not self.model.get("block_out_channels"):
+            raise ConfigError("model: a UNet2DModel config needs 'block_out_channels'")
+        return self
+
+
+def _coerce(f: dataclasses.Field, value: Any, source: str) -> Any:
+    """Check a preset/JSON value against the field's declared type (ints may stand for floats)."""
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    bad = ConfigError(f"{source}: {f.name} must be {kind}, got {value!r}")
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise bad
+        return value
+    if kind == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        return float(value)
+    if kind == "str":
+        if not isinstance(value, str):
+            raise bad
+        return value
+    if kind == "str | None":
+        if value is not None and not isinstance(value, str):
+            raise bad
+        return value
+    return value
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Presets
+# ---------------------------------------------------------------------------------------------------------------
+def preset_names() -> list[str]:
+    """Names of the presets shipped with the package."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.json"))
+
+
+def find_preset(name_or_path: str | os.PathLike) -> Path:
+    """A preset file: an existing path, else ``configs/NAME.json`` (working directory, then the repository), else
+    the copy shipped in the package."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    name = path.name[:-5] if path.name.endswith(".json") else path.name
+    for folder in (Path("configs"), REPO_CONFIGS, PRESET_DIR):
+        candidate = folder / f"{name}.json"
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(
+        f"no preset {str(name_or_path)!r}: not a file, and not one of the shipped presets ({', '.join(preset_names())})"
+    )
+
+
+def load_json_object(path: str | os.PathLike, what: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except OSError as err:
+        raise ConfigError(f"cannot read {what} {path}: {err.strerror or err}") from None
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{what} {path} is not valid JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} {path} must hold a JSON object")
+    return data
+
+
+def load_preset(name_or_path: str | os.PathLike) -> dict[str, Any]:
+    path = find_preset(name_or_path)
+    return load_json_object(path, "preset")
+
+
+def resolve_config(
+    preset: str | os.PathLike | None = None,
+    model_config: str | os.PathLike | dict | None = None,
+    base: TrainConfig | None = None,
+    **overrides: Any,
+) -> TrainConfig:
+    """Combine, lowest precedence first: ``base`` (default: the defaults), a preset, a UNet config (file or dict),
+    then ``overrides`` (TrainConfig field names). Returns a validated :class:`TrainConfig`."""
+    cfg = dataclasses.replace(base) if base is not None else TrainConfig()
+    if preset is not None:
+        cfg = TrainConfig.from_dict(load_preset(preset), base=cfg, source=f"preset {preset}")
+    if model_config is not None:
+        data = model_config if isinstance(model_config, dict) else load_json_object(model_config, "model config")
+        cls = data.get("_class_name", "UNet2DModel")
+        if cls != "UNet2DModel":
+            raise ConfigError(f"model config {model_config}: _class_name is {cls!r}, expected 'UNet2DModel'")
+        cfg.model = {k: v for k, v in data.items() if not k.startswith("_")}
+        # A file's shape and dropout apply unless given explicitly.
+        for key, field_name in (("sample_size", "resolution"), ("in_channels", "channels"), ("dropout", "dropout")):
+            if key in data and field_name not in overrides and data[key] is not None:
+                value = data[key][0] if key == "sample_size" and isinstance(data[key], list) else data[key]
+                setattr(cfg, field_name, value)
+    cfg = TrainConfig.from_dict(overrides, base=cfg, source="options")
+    for key in _UNET_KEYS_FROM_OPTIONS:
+        cfg.model.pop(key, None)
+    return cfg.validate()

@@ -1,0 +1,115 @@
+"""Training losses: the paper's L_simple and improved DDPM's hybrid loss for learned variances.
+
+Notation (index convention: t runs 0..T-1; the paper's t is ours + 1):
+
+* ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps`` (paper eq. 4, ``scheduler.add_noise``).
+* L_simple (paper eq. 14): the mean over pixels of ``(target - prediction)^2``, where the target is ``eps``
+  (``prediction_type="epsilon"``), ``x0`` (``"sample"``) or ``v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0``
+  (``"v_prediction"``). Unweighted in all three cases.
+* Learned variance (``variance_type`` ``learned_range`` or ``learned``; the model outputs 2·C channels, the second
+  half parameterising the variance): loss = L_simple + lambda * L_vlb (Nichol & Dhariwal 2021, eq. 16,
+  lambda = 0.001). ``L_vlb`` is estimated from the sampled t as ``T * L_t``, with
+  ``L_t`` = KL(q(x_{t-1}|x_t,x0) || p(x_{t-1}|x_t)) for t > 0 and the discretized-Gaussian decoder NLL
+  ``-log p(x0|x_1)`` for t = 0 (paper eq. 5 and 13), each a mean over pixels in bits. The mean half of the output
+  enters L_vlb through a stop-gradient, so L_vlb trains only the variance. With T = 1000 this is exactly
+  improved-diffusion's ``RESCALED_MSE`` (its ``vb * num_timesteps / 1000`` equals ``lambda * T * L_t``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ddpm.training.config import LEARNED_VARIANCE_TYPES
+
+_LN2 = math.log(2.0)
+
+
+def _mean_flat(x: torch.Tensor) -> torch.Tensor:
+    return x.mean(dim=tuple(range(1, x.ndim)))
+
+
+def prediction_target(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "sample":
+        return x0
+    if kind == "v_prediction":
+        return scheduler.get_velocity(x0, noise, t)
+    raise ValueError(f"prediction_type={kind!r} is not supported for training; allowed: epsilon, sample, v_prediction")
+
+
+def vlb_terms(scheduler, model_output: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor):
+    """Per-sample ``L_t`` in bits per dimension: the KL term for t > 0, the decoder NLL for t = 0 (float32/64)."""
+    from ddpm.scheduler import discretized_gaussian_log_likelihood, normal_kl
+
+    true_mean, _, true_log_var = scheduler.q_posterior_mean_variance(x0, x_t, t)
+    out = scheduler.p_mean_variance(model_output, x_t, t, clip_denoised=False)
+    kl = _mean_flat(normal_kl(true_mean, true_log_var, out["mean"], out["log_variance"])) / _LN2
+    nll = -discretized_gaussian_log_likelihood(x0, means=out["mean"], log_scales=0.5 * out["log_variance"])
+    nll = _mean_flat(nll) / _LN2
+    return torch.where(t == 0, nll.to(kl.dtype), kl)
+
+
+def diffusion_loss(
+    model_output: torch.Tensor,
+    scheduler,
+    x0: torch.Tensor,
+    x_t: torch.Tensor,
+    noise: torch.Tensor,
+    t: torch.Tensor,
+    vlb_weight: float = 0.001,
+) -> dict[str, torch.Tensor]:
+    """Per-sample losses for one batch (each a float32 tensor of shape [B]).
+
+    Returns ``loss`` (what is minimised: its batch mean), ``mse`` and, with a learned variance, ``vb``
+    (``L_t`` in bits/dim, before the ``lambda * T`` weight).
+    """
+    model_output = model_output.float()
+    channels = x0.shape[1]
+    learned = scheduler.config.variance_type in LEARNED_VARIANCE_TYPES
+    if learned:
+        if model_output.shape[1] != 2 * channels:
+            raise ValueError(
+                f"variance_type={scheduler.config.variance_type!r} needs a model with 2*{channels} output channels, "
+                f"got {model_output.shape[1]}"
+            )
+        prediction, variance_values = model_output.split(channels, dim=1)
+    else:
+        if model_output.shape[1] != channels:
+            raise ValueError(f"the model outputs {model_output.shape[1]} channels, the data has {channels}")
+        prediction = model_output
+    target = prediction_target(scheduler, x0, noise, t).float()
+    mse = _mean_flat((target - prediction) ** 2)
+    terms = {"mse": mse}
+    if learned:
+        frozen = torch.cat([prediction.detach(), variance_values], dim=1)
+        vb = vlb_terms(scheduler, frozen, x0, x_t, t).float()
+        terms["vb"] = vb
+        terms["loss"] = mse + vlb_weight * scheduler.config.num_train_timesteps * vb
+    else:
+        terms["loss"] = mse
+    return terms
+
+
+def compute_loss(
+    model: nn.Module,
+    scheduler,
+    x0: torch.Tensor,
+    noise: torch.Tensor,
+    t: torch.Tensor,
+    vlb_weight: float = 0.001,
+    autocast_dtype: torch.dtype | None = None,
+) -> dict[str, torch.Tensor]:
+    """Noise ``x0`` to ``x_t``, run ``model(x_t, t)`` (under autocast when a dtype is given) and return the terms of
+    :func:`diffusion_loss`."""
+    x_t = scheduler.add_noise(x0, noise, t)
+    if autocast_dtype is not None:
+        with torch.autocast(device_type=x0.device.type, dtype=autocast_dtype):
+            output = model(x_t, t, return_dict=False)[0]
+    else:
+        output = model(x_t, t, return_dict=False)[0]
+    return diffusion_loss(output, scheduler, x0, x_t, noise, t, vlb_weight=vlb_weight)

@@ -1,0 +1,555 @@
+"""The training loop: Algorithm 1 of Ho et al. 2020 with the paper's optimisation recipe, exact resume and DDP.
+
+One step (``step`` counts completed optimiser updates, 0-based):
+
+1. the global batch's data-set indices come from :class:`~ddpm.training.data_order.DataOrder` (a function of
+   ``step``); this process loads its slice;
+2. timesteps ``t ~ U{0..T-1}``, noise ``eps ~ N(0, I)`` and flips are drawn for the *global* batch from the run's own
+   generator, and each process takes its slice, so N processes see exactly the noise one process would;
+3. loss (:mod:`ddpm.training.losses`), backward (scaled in fp16), gradient clipping by global norm, Adam with the
+   learning rate ``lr * min(1, (step + 1) / warmup_steps)``, then the EMA update.
+
+Every ``checkpoint_every`` steps (and at the end) rank 0 writes a checkpoint holding everything needed to continue
+bit for bit (see :mod:`ddpm.training.checkpoint`) and re-exports ``pipeline/`` with the EMA weights. A NaN or infinite
+loss stops the run with :class:`NonFiniteLossError` before anything is saved, so the last checkpoint stays good.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ddpm import io as ddpm_io
+from ddpm.training import checkpoint as ckpt
+from ddpm.training import distributed as ddist
+from ddpm.training.config import TrainConfig
+from ddpm.training.data import DataError, open_dataset, to_model_range
+from ddpm.training.data_order import DataOrder, StepBatchSampler
+from ddpm.training.ema import EMA
+from ddpm.training.losses import compute_loss
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "ddpm-train-checkpoint"
+CHECKPOINT_VERSION = 1
+_AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class TrainingError(RuntimeError):
+    """A training run cannot start or continue; the message says why and what is safe."""
+
+
+class NonFiniteLossError(TrainingError):
+    """The loss became NaN or infinite."""
+
+    def __init__(self, message: str, step: int):
+        super().__init__(message)
+        self.step = step
+
+
+@dataclass
+class TrainResult:
+    step: int
+    output_dir: Path
+    pipeline_dir: Path | None
+    last_checkpoint: Path | None
+    last_metrics: dict = field(default_factory=dict)
+    resumed_from: Path | None = None
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """LR of the update that turns ``step`` completed updates into ``step + 1``: linear warm-up, then constant."""
+    if cfg.warmup_steps <= 0:
+        return cfg.lr
+    return cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps)
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 (seed the global state libraries draw from)
+    random.seed(seed)
+
+
+def _grad_norm(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+    if max_norm > 0:
+        return nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
+    grads = [p.grad for p in params if p.grad is not None]
+    if hasattr(nn.utils, "get_total_norm"):
+        return nn.utils.get_total_norm(grads, foreach=True)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))  # pragma: no cover
+
+
+class _Metrics:
+    """Per-step scalars accumulated on the device; read (one sync) every ``log_every`` steps."""
+
+    def __init__(self, device: torch.device, num_timesteps: int):
+        self.device = device
+        self.T = num_timesteps
+        self.reset()
+
+    def reset(self) -> None:
+        self.losses: list[torch.Tensor] = []
+        self.grad_norms: list[torch.Tensor] = []
+        self.q_sum = torch.zeros(3, 4, dtype=torch.float64, device=self.device)  # loss, mse, vb per quartile
+        self.q_count = torch.zeros(4, dtype=torch.float64, device=self.device)
+        self.start = time.perf_counter()
+        self.images = 0
+
+    def add(self, terms: dict[str, torch.Tensor], t: torch.Tensor, loss: torch.Tensor, grad_norm, images: int) -> None:
+        quartile = (t * 4 // self.T).clamp_(0, 3)
+        for row, key in enumerate(("loss", "mse", "vb")):
+            if key in terms:
+                self.q_sum[row].index_add_(0, quartile, terms[key].detach().double())
+        self.q_count.index_add_(0, quartile, torch.ones_like(quartile, dtype=torch.float64))
+        self.losses.append(loss.detach().float())
+        self.grad_norms.append(grad_norm.detach().float())
+        self.images += images
+
+    def read(self, info: ddist.DistInfo, has_vb: bool) -> tuple[list[float], dict[str, float]]:
+        """Per-step global losses (for the NaN check) and the averaged metrics since the last read."""
+        losses = torch.stack(self.losses)
+        packed = torch.cat([losses, self.q_sum.flatten(), self.q_count])
+        ddist.all_reduce_sum(packed, info)
+        n = len(self.losses)
+        step_losses = (packed[:n] / info.world_size).tolist()
+        q_sum = packed[n : n + 12].view(3, 4)
+        q_count = packed[n + 12 :]
+        grad_norm = torch.stack(self.grad_norms).mean().item()
+        elapsed = time.perf_counter() - self.start
+        metrics = {
+            "loss": sum(step_losses) / n,
+            "grad_norm": grad_norm,
+            "images_per_s": self.images * info.world_size / max(elapsed, 1e-9),
+        }
+        names = ("loss", "mse", "vb") if has_vb else ("loss",)
+        for row, key in enumerate(names):
+            for q in range(4):
+                if q_count[q] > 0:
+                    metrics[f"{key}_q{q}"] = (q_sum[row, q] / q_count[q]).item()
+        return step_losses, metrics
+
+
+class Trainer:
+    """Runs one training run described by a :class:`TrainConfig` (see the module docstring).
+
+    ``model``, ``dataset`` and ``scheduler`` default to what the config describes (a ``UNet2DModel`` from
+    ``config.unet_config()``, ``open_dataset(config.data, ...)``, a ``DDPMScheduler``); pass objects to override them.
+    ``resume=True`` continues from the newest intact checkpoint in ``config.output_dir`` (or starts afresh when there
+    is none); without it an output folder that already holds checkpoints is refused.
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        *,
+        model: nn.Module | None = None,
+        dataset=None,
+        scheduler=None,
+        resume: bool = False,
+        progress: bool | None = None,
+    ):
+        self.cfg = config.validate()
+        self._model_arg = model
+        self._dataset_arg = dataset
+        self._scheduler_arg = scheduler
+        self.resume = resume
+        self.progress = progress
+        self.out = Path(config.output_dir)
+        self.ckpt_dir = self.out / "checkpoints"
+
+    # ---------------------------------------------------------------------------------------------------------
+    # Set-up
+    # ---------------------------------------------------------------------------------------------------------
+    def _build_model(self) -> nn.Module:
+        if self._model_arg is not None:
+            return self._model_arg
+        from ddpm.models import UNet2DModel
+
+        return UNet2DModel.from_config(self.cfg.unet_config())
+
+    def _build_scheduler(self):
+        if self._scheduler_arg is not None:
+            return self._scheduler_arg
+        from ddpm.scheduler import DDPMScheduler
+
+        return DDPMScheduler.from_config(self.cfg.scheduler_config())
+
+    def _open_data(self):
+        dataset = self._dataset_arg
+        if dataset is None:
+            if not self.cfg.data:
+                raise DataError("no training data: pass --data (an image folder, idx, .npz, fashion-mnist, cifar10)")
+            dataset = open_dataset(self.cfg.data, self.cfg.resolution, self.cfg.channels, split="train")
+        if len(dataset) == 0:
+            raise DataError("the training data set is empty")
+        shape = tuple(dataset[0].shape)
+        want = (self.cfg.channels, self.cfg.resolution, self.cfg.resolution)
+        if shape != want:
+            raise DataError(f"training images are {shape} (C, H, W) but the run expects {want}")
+        return dataset
+
+    def _loader(self, dataset, order: DataOrder, start: int, info: ddist.DistInfo):
+        """Yields this rank's uint8 batches for steps ``start..max_steps-1``."""
+        images = getattr(dataset, "images", None)
+        if isinstance(images, torch.Tensor) and self.cfg.num_workers == 0:
+            for step in range(start, self.cfg.max_steps):
+                yield images[order.local_batch(step, info.rank, info.world_size)]
+            return
+        sampler = StepBatchSampler(order, start, self.cfg.max_steps, info.rank, info.world_size)
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            num_workers=self.cfg.num_workers,
+            pin_memory=info.device.type == "cuda",
+            collate_fn=torch.stack,
+            # A private generator: creating the loader must not consume the global RNG (exact resume).
+            generator=torch.Generator(),
+            multiprocessing_context="fork" if self.cfg.num_workers > 0 and _can_fork() else None,
+        )
+        yield from loader
+
+    # ---------------------------------------------------------------------------------------------------------
+    # Run
+    # ---------------------------------------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        info = ddist.init_distributed(self.cfg.device)
+        try:
+            return self._run(info)
+        finally:
+            ddist.shutdown(info)
+
+    def _run(self, info: ddist.DistInfo) -> TrainResult:
+        cfg = self.cfg
+        if cfg.batch_size % info.world_size:
+            raise TrainingError(
+                f"--batch-size {cfg.batch_size} (global) must be divisible by the number of processes "
+                f"({info.world_size})"
+            )
+        device = info.device
+        dataset = self._open_data()
+        order = DataOrder(len(dataset), cfg.batch_size, cfg.seed)
+
+        # Same initial weights on every rank (DDP would broadcast them anyway).
+        _seed_everything(cfg.seed)
+        model = self._build_model().to(device)
+        if cfg.gradient_checkpointing and hasattr(model, "enable_gradient_checkpointing"):
+            model.enable_gradient_checkpointing()
+        model.train()
+        scheduler = self._build_scheduler()
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.Adam(
+            params,
+            lr=cfg.lr,
+            betas=(cfg.adam_beta1, cfg.adam_beta2),
+            eps=cfg.adam_eps,
+            **({"fused": True} if device.type == "cuda" else {"foreach": True}),
+        )
+        scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+        ema = EMA(model, cfg.ema_decay, cfg.ema_warmup, cfg.ema_inv_gamma, cfg.ema_power) if info.is_main else None
+        # Dropout and anything else drawing from the global RNGs: a different stream per rank.
+        _seed_everything(cfg.seed + 1 + info.rank)
+        noise_gen = torch.Generator(device=device).manual_seed(cfg.seed)
+        generators = {"noise": noise_gen}
+
+        # Resume (every rank loads, before DDP wraps the model).
+        step = 0
+        resumed_from = None
+        existing = ckpt.list_checkpoints(self.ckpt_dir)
+        if existing and not self.resume:
+            raise TrainingError(
+                f"{self.out} already holds checkpoints (newest: {existing[0][1].name}); pass --resume to continue "
+                "that run, or choose another --output-dir"
+            )
+        if self.resume:
+            found = ckpt.load_latest_checkpoint(self.ckpt_dir)
+            if found is None:
+                if info.is_main:
+                    logger.warning("--resume: no checkpoint in %s; starting a new run", self.ckpt_dir)
+            else:
+                state, resumed_from = found
+                step = self._restore(state, model, optimizer, scaler, ema, generators, info, order)
+        ddist.barrier(info)
+
+        if info.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            ddpm_io.atomic_write_text(self.out / "config.json", cfg.to_json())
+            self._trim_metrics(step)
+        train_model = model
+        if info.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+        autocast_dtype = _AUTOCAST[cfg.precision]
+        B, C, R = cfg.batch_size, cfg.channels, cfg.resolution
+        per_rank = B // info.world_size
+        lo, hi = info.rank * per_rank, (info.rank + 1) * per_rank
+        T = scheduler.config.num_train_timesteps
+        metrics = _Metrics(device, T)
+        has_vb = cfg.learned_variance
+        writer = self._tensorboard() if info.is_main else None
+        sampler_state = _SampleState(self, model, scheduler, device) if info.is_main else None
+        bar = self._progress_bar(step) if info.is_main else None
+        last_ckpt = resumed_from
+        last_metrics: dict[str, Any] = {}
+        if info.is_main:
+            logger.info(
+                "training from step %d to %d: %d images, global batch %d on %d process(es), %s, %s",
+                step, cfg.max_steps, len(dataset), B, info.world_size, device, cfg.precision,
+            )  # fmt: skip
+
+        batches = self._loader(dataset, order, step, info)
+        try:
+            while step < cfg.max_steps:
+                images = next(batches).to(device, non_blocking=True)
+                x0 = to_model_range(images)
+                t_all = torch.randint(0, T, (B,), generator=noise_gen, device=device)
+                noise_all = torch.randn((B, C, R, R), generator=noise_gen, device=device)
+                t, noise = t_all[lo:hi], noise_all[lo:hi]
+                if cfg.hflip:
+                    flip = (torch.rand((B,), generator=noise_gen, device=device) < 0.5)[lo:hi]
+                    x0 = torch.where(flip[:, None, None, None], x0.flip(3), x0)
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate(cfg, step)
+
+                terms = compute_loss(train_model, scheduler, x0, noise, t, cfg.vlb_weight, autocast_dtype)
+                loss = terms["loss"].mean()
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+                grad_norm = _grad_norm(params, cfg.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                if ema is not None:
+                    ema.update(model)
+                step += 1
+                metrics.add(terms, t, loss, grad_norm, per_rank)
+                if bar is not None:
+                    bar.update(1)
+
+                save_now = step % cfg.checkpoint_every == 0 or step == cfg.max_steps
+                if step % cfg.log_every == 0 or save_now:
+                    last_metrics = self._flush_metrics(metrics, info, has_vb, step, optimizer, bar, writer)
+                if save_now:
+                    last_ckpt = self._save(step, model, optimizer, scaler, ema, generators, info, order)
+                    if info.is_main:
+                        sampler_state.export(ema, self.out / "pipeline")
+                if info.is_main and cfg.sample_every and (step % cfg.sample_every == 0 or step == cfg.max_steps):
+                    grid = sampler_state.sample_grid(ema, self.out / "samples" / f"step-{step:09d}.png")
+                    if writer is not None:
+                        writer.add_image("samples", np.asarray(grid), step, dataformats="HWC")
+        finally:
+            if bar is not None:
+                bar.close()
+            if writer is not None:
+                writer.close()
+            batches.close()
+        ddist.barrier(info)
+        return TrainResult(
+            step=step,
+            output_dir=self.out,
+            pipeline_dir=self.out / "pipeline" if info.is_main else None,
+            last_checkpoint=last_ckpt,
+            last_metrics=last_metrics,
+            resumed_from=resumed_from,
+        )
+
+    # ---------------------------------------------------------------------------------------------------------
+    # Pieces of the loop
+    # ---------------------------------------------------------------------------------------------------------
+    def _flush_metrics(self, metrics, info, has_vb, step, optimizer, bar, writer) -> dict[str, Any]:
+        n = len(metrics.losses)
+        step_losses, values = metrics.read(info, has_vb)
+        metrics.reset()
+        for i, value in enumerate(step_losses):
+            if not math.isfinite(value):
+                bad = step - n + i + 1
+                saved = ckpt.list_checkpoints(self.ckpt_dir)
+                kept = f"the last good checkpoint is {saved[0][1]}" if saved else "no checkpoint was written yet"
+                raise NonFiniteLossError(
+                    f"the loss became {value} at step {bad}; stopping without saving ({kept}). Try a lower --lr, "
+                    "--grad-clip, or --precision fp32/bf16, and check the data.",
+                    bad,
+                )
+        record = {"step": step, "lr": optimizer.param_groups[0]["lr"], **values}
+        if info.is_main:
+            with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+            if bar is not None:
+                bar.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{values['images_per_s']:.0f}", refresh=False)
+            if writer is not None:
+                for key, value in record.items():
+                    if key != "step":
+                        writer.add_scalar(f"train/{key}", value, step)
+        return record
+
+    def _state(self, step, model, optimizer, scaler, ema, generators, info, order) -> dict[str, Any]:
+        rng = ddist.all_gather_objects(ckpt.capture_rng_state(generators), info)
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
+            "step": step,
+            "config": self.cfg.to_json(),
+            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "ema": ema.state_dict() if ema is not None else None,
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(),
+            "lr_schedule": {"kind": "linear_warmup_constant", "lr": self.cfg.lr, "warmup_steps": self.cfg.warmup_steps},
+            "data_order": order.state_dict(step),
+            "rng": {"world_size": info.world_size, "ranks": rng},
+        }
+
+    def _save(self, step, model, optimizer, scaler, ema, generators, info, order) -> Path | None:
+        state = self._state(step, model, optimizer, scaler, ema, generators, info, order)
+        path = None
+        error = None
+        if info.is_main:
+            try:
+                path = ckpt.save_checkpoint(state, self.ckpt_dir, step, keep=self.cfg.keep_checkpoints)
+            except ckpt.CheckpointError as err:
+                error = str(err)
+        error = ddist.broadcast_object(error, info)
+        if error:
+            raise TrainingError(error)
+        return path
+
+    def _restore(self, state, model, optimizer, scaler, ema, generators, info, order) -> int:
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise TrainingError("the checkpoint is not a ddpm training checkpoint")
+        saved_cfg = json.loads(state["config"])
+        for key in ("model", "scheduler", "resolution", "channels", "dropout"):
+            if key in saved_cfg and saved_cfg[key] != getattr(self.cfg, key):
+                raise TrainingError(
+                    f"cannot resume: the checkpoint was trained with {key}={saved_cfg[key]!r}, this run asks for "
+                    f"{getattr(self.cfg, key)!r}"
+                )
+        changed = [
+            k for k in ("batch_size", "seed", "lr", "warmup_steps", "grad_clip", "ema_decay", "precision", "hflip")
+            if k in saved_cfg and saved_cfg[k] != getattr(self.cfg, k)
+        ]  # fmt: skip
+        if changed and info.is_main:
+            warnings.warn(
+                "resuming with changed options " + ", ".join(f"{k}: {saved_cfg[k]!r} -> {getattr(self.cfg, k)!r}"
+                for k in changed) + "; the run is no longer an exact continuation", stacklevel=3,
+            )  # fmt: skip
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        if ema is not None and state.get("ema") is not None:
+            ema.load_state_dict(state["ema"])
+        size = state["data_order"]["size"]
+        if size != order.size and info.is_main:
+            warnings.warn(
+                f"the data set has {order.size} images, the checkpoint's had {size}: the data order differs",
+                stacklevel=3,
+            )
+        ranks = state["rng"]["ranks"]
+        if len(ranks) != info.world_size and info.is_main:
+            warnings.warn(
+                f"resuming {len(ranks)}-process RNG states in {info.world_size} process(es): dropout draws differ "
+                "from an uninterrupted run (noise, timesteps and data order do not)",
+                stacklevel=3,
+            )
+        ckpt.restore_rng_state(ranks[info.rank % len(ranks)], generators)
+        if info.is_main:
+            logger.info("resumed from step %d", state["step"])
+        return int(state["step"])
+
+    def _trim_metrics(self, step: int) -> None:
+        """Drop metric lines logged after ``step`` by a run that died before its next checkpoint."""
+        path = self.out / "metrics.jsonl"
+        if not path.exists():
+            return
+        keep = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                if json.loads(line)["step"] <= step:
+                    keep.append(line)
+            except (ValueError, KeyError, TypeError):
+                continue  # a torn last line
+        ddpm_io.atomic_write_text(path, "".join(line + "\n" for line in keep))
+
+    def _tensorboard(self):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            return None
+        return SummaryWriter(str(self.out / "tensorboard"))
+
+    def _progress_bar(self, step: int):
+        if self.progress is False:
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(
+            total=self.cfg.max_steps,
+            initial=step,
+            desc="train",
+            unit="step",
+            dynamic_ncols=True,
+            disable=None if self.progress is None else False,
+        )
+
+
+def _can_fork() -> bool:
+    import multiprocessing
+
+    return "fork" in multiprocessing.get_all_start_methods()
+
+
+class _SampleState:
+    """Rank 0's EMA copy of the model, used to export the pipeline folder and to draw sample grids."""
+
+    def __init__(self, trainer: Trainer, model: nn.Module, scheduler, device: torch.device):
+        import copy
+
+        self.trainer = trainer
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.scheduler = scheduler
+        self.device = device
+
+    def _pipeline(self, ema: EMA):
+        from ddpm.pipeline import DDPMPipeline
+        from ddpm.scheduler import DDPMScheduler
+
+        ema.copy_to(self.model)
+        return DDPMPipeline(self.model, DDPMScheduler.from_config(self.scheduler.config))
+
+    def export(self, ema: EMA, folder: Path) -> None:
+        try:
+            self._pipeline(ema).save_pretrained(folder)
+        except OSError as err:
+            raise TrainingError(
+                f"could not export the pipeline to {folder}: {err.strerror or err} (the checkpoints are intact)"
+            ) from err
+
+    @torch.no_grad()
+    def sample_grid(self, ema: EMA, path: Path):
+        from ddpm import images as ddpm_images
+
+        cfg = self.trainer.cfg
+        pipe = self._pipeline(ema)
+        generator = torch.Generator(device="cpu").manual_seed(cfg.sample_seed)
+        steps = min(cfg.sample_steps, self.scheduler.config.num_train_timesteps)
+        out = pipe(
+            batch_size=cfg.num_samples, generator=generator, num_inference_steps=steps, output_type="np", progress=False
+        )
+        ddpm_images.save_grid(out.images, path)
+        return ddpm_images.make_grid(out.images)
+
+
+def train(config: TrainConfig, resume: bool = False, **kwargs) -> TrainResult:
+    """Run a training run (see :class:`Trainer`)."""
+    return Trainer(config, resume=resume, **kwargs).run()

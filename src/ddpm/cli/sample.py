@@ -41,7 +41,8 @@ def add_parser(subparsers) -> None:
         type=int,
         default=None,
         metavar="S",
-        help="denoising steps; None: the model's recommended number (ddpm.json in its folder), else 1000",
+        help="denoising steps; None: the model's recommended number (ddpm.json in its folder), else "
+        "min(1000, its num_train_timesteps)",
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (>= 0)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: cuda when available")
@@ -114,8 +115,8 @@ def _run(args: argparse.Namespace) -> int:
     except NoBundledModelError as err:
         raise NoBundledModelError(f"{err} (use --model FOLDER_OR_HUB_ID)") from None
     pipe.to(device)
-    steps = args.steps or pipe.recommended_num_inference_steps or 1000
     num_train = pipe.scheduler.config.num_train_timesteps
+    steps = args.steps or pipe.recommended_num_inference_steps or min(1000, num_train)
     if steps > num_train:
         raise _UsageError(f"--steps must be <= {num_train} (the model's num_train_timesteps), got {steps}")
 

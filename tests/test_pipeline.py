@@ -326,13 +326,6 @@ def test_unet_channels_must_fit_the_variance_type(variance_type, out_channels, m
         pipe(num_inference_steps=1)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_generator_with_cpu_model_raises(tiny):
-    ours, _ = tiny
-    with pytest.raises(ValueError, match="Cannot generate a cpu tensor"):
-        ours(generator=torch.Generator(device="cuda").manual_seed(0), num_inference_steps=1)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Random numbers
 # ---------------------------------------------------------------------------------------------------------------
@@ -460,3 +453,44 @@ def test_bundled_model_path_is_in_the_package(tmp_path, monkeypatch):
         assert "no model is bundled" in str(err)
     else:
         assert (path / "model_index.json").is_file() and path.name == "default" and path.parent.name == "assets"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Slow / GPU
+# ---------------------------------------------------------------------------------------------------------------
+CIFAR10_UNET = dict(
+    sample_size=32,
+    block_out_channels=(128, 256, 256, 256),
+    layers_per_block=2,
+    down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+    attention_head_dim=None,
+    flip_sin_to_cos=False,
+    freq_shift=1,
+    downsample_padding=0,
+    norm_eps=1e-6,
+)
+
+
+@pytest.mark.slow
+def test_same_images_with_the_cifar10_unet():
+    ours, theirs = pipelines(CIFAR10_UNET, {"variance_type": "fixed_large"})
+    assert_same_images(ours, theirs, batch_size=2, generator=lambda: gens(2), num_inference_steps=3)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_with_cpu_generators_matches_cpu(monkeypatch):
+    ours, _ = pipelines(scheduler_kwargs={"variance_type": "fixed_large"})
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    cpu = ours(batch_size=2, generator=gens(2), num_inference_steps=10, output_type="np").images
+    ours.to("cuda")
+    out = ours(batch_size=2, generator=gens(2), num_inference_steps=10, output_type="pt")
+    assert out.images.device.type == "cuda"
+    assert np.abs(out.images.permute(0, 2, 3, 1).cpu().numpy() - cpu).max() <= 1e-3
+    # CUDA generators draw on the GPU; a CUDA generator for a CPU pipeline is refused.
+    ours(batch_size=2, generator=torch.Generator(device="cuda").manual_seed(0), num_inference_steps=2)
+    ours.to("cpu")
+    with pytest.raises(ValueError, match="Cannot generate a cpu tensor"):
+        ours(generator=torch.Generator(device="cuda").manual_seed(0), num_inference_steps=1)

@@ -123,7 +123,11 @@ def normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:
     ref = next((x for x in (mean1, logvar1, mean2, logvar2) if isinstance(x, torch.Tensor)), None)
     if ref is None:
         raise TypeError("normal_kl: at least one argument must be a tensor.")
-    logvar1, logvar2 = (x if isinstance(x, torch.Tensor) else torch.tensor(x).to(ref) for x in (logvar1, logvar2))
+    dtype = ref.dtype if ref.is_floating_point() else torch.get_default_dtype()
+    logvar1, logvar2 = (
+        x if isinstance(x, torch.Tensor) else torch.tensor(x, dtype=dtype, device=ref.device)
+        for x in (logvar1, logvar2)
+    )
     return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
 
 

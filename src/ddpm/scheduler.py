@@ -591,18 +591,25 @@ class DDPMScheduler(ConfigMixin):
 
     # -- tables per device/dtype -------------------------------------------------------------------------------------
     def _vlb_tables(self) -> dict[str, np.ndarray]:
-        """Full-chain float64 tables (t = 0..T-1), derived from the float32 betas/alphas_cumprod in float64.
+        """Full-chain tables (t = 0..T-1) computed in float64, as the paper's code does.
 
-        As in the paper's code: β̃_t = β_t (1 - ᾱ_{t-1}) / (1 - ᾱ_t) (eq. 7) with ᾱ_{-1} = 1, and log β̃ "clipped" by
-        using β̃ at t = 1 at t = 0 (where β̃ = 0).
+        The VLB tables start from the (float32) betas and take the cumulative product in float64, so that they are
+        consistent with each other to float64 precision (1 - ᾱ_t is then exact at small t, where the float32
+        ``alphas_cumprod`` has a relative error of up to ~1e-3). ``add_noise``/``get_velocity`` instead use the public
+        float32 ``alphas_cumprod`` (promoted to float64 for the square roots), which is what Diffusers trains with.
+        β̃_t = β_t (1 - ᾱ_{t-1}) / (1 - ᾱ_t) (eq. 7) with ᾱ_{-1} = 1; its log is "clipped" by using β̃ at t = 1 at
+        t = 0 (where β̃ = 0).
         """
         betas = self.betas.numpy().astype(np.float64)
-        a = self.alphas_cumprod.numpy().astype(np.float64)
+        a = np.cumprod(1.0 - betas)
         a_prev = np.append(1.0, a[:-1])
+        a_ref = self.alphas_cumprod.numpy().astype(np.float64)
         with np.errstate(divide="ignore", invalid="ignore"):
             posterior_variance = betas * (1.0 - a_prev) / (1.0 - a)
             clip_source = posterior_variance[1] if len(betas) > 1 else betas[0]
             return {
+                "ref_sqrt_alphas_cumprod": np.sqrt(a_ref),
+                "ref_sqrt_one_minus_alphas_cumprod": np.sqrt(1.0 - a_ref),
                 "sqrt_alphas_cumprod": np.sqrt(a),
                 "sqrt_one_minus_alphas_cumprod": np.sqrt(1.0 - a),
                 "one_minus_alphas_cumprod": 1.0 - a,
@@ -662,18 +669,19 @@ class DDPMScheduler(ConfigMixin):
         """x_t = sqrt(ᾱ_t) x_0 + sqrt(1 - ᾱ_t) ε (eq. 4 reparametrised), t per batch item ([B]) or one for all.
 
         ``timesteps`` may be a Python int, a 0-d tensor or a [B] int tensor (on any device). The scheduler's state is
-        not changed (the coefficients are cached per device and dtype).
+        not changed (the coefficients are cached per device and dtype). ᾱ_t is the public float32
+        ``alphas_cumprod`` (as Diffusers); the square roots are taken in float64 and rounded once to the dtype.
         """
         t = self._timestep_tensor(timesteps, original_samples)
-        sqrt_a = self._gather("sqrt_alphas_cumprod", t, original_samples)
-        sqrt_b = self._gather("sqrt_one_minus_alphas_cumprod", t, original_samples)
+        sqrt_a = self._gather("ref_sqrt_alphas_cumprod", t, original_samples)
+        sqrt_b = self._gather("ref_sqrt_one_minus_alphas_cumprod", t, original_samples)
         return torch.addcmul(original_samples * sqrt_a, sqrt_b, noise)
 
     def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
         """v = sqrt(ᾱ_t) ε - sqrt(1 - ᾱ_t) x_0 (Salimans & Ho 2022), the v_prediction target; t as in add_noise."""
         t = self._timestep_tensor(timesteps, sample)
-        sqrt_a = self._gather("sqrt_alphas_cumprod", t, sample)
-        sqrt_b = self._gather("sqrt_one_minus_alphas_cumprod", t, sample)
+        sqrt_a = self._gather("ref_sqrt_alphas_cumprod", t, sample)
+        sqrt_b = self._gather("ref_sqrt_one_minus_alphas_cumprod", t, sample)
         return torch.addcmul(noise * sqrt_a, sqrt_b, sample, value=-1.0)
 
     # -- variational-bound building blocks (full T-step chain) -----------------------------------------------------
@@ -681,7 +689,8 @@ class DDPMScheduler(ConfigMixin):
         """Mean, variance and log-variance of q(x_t | x_0) = N(sqrt(ᾱ_t) x_0, (1 - ᾱ_t) I) (eq. 4).
 
         ``t`` is an int or an int tensor [B] (0..T-1; paper t + 1). Variance and log-variance are broadcast (expanded
-        views) to ``x0``'s shape.
+        views) to ``x0``'s shape. Like all the VLB terms, ᾱ here is the float64 cumulative product of the betas
+        (the paper's code), not the float32 ``alphas_cumprod`` (they agree to ~6e-7 relative).
         """
         t = self._timestep_tensor(t, x0)
         mean = self._gather("sqrt_alphas_cumprod", t, x0) * x0

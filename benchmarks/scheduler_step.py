@@ -1,0 +1,80 @@
+"""One DDPMScheduler.step() call, ours against Diffusers, in the same run (CPU, float32).
+
+A realistic call: after set_timesteps(1000), a timestep t > 0 taken from ``scheduler.timesteps`` (as a pipeline
+does), noise drawn from a seeded torch.Generator. Batch 1 and 64 at 3x32x32. Medians of interleaved repetitions.
+
+    .venv/bin/python -m benchmarks.scheduler_step [--repeats N] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from benchmarks._report import time_pair, write_results
+
+SHAPE = (3, 32, 32)
+
+
+def _setup(cls, batch: int):
+    scheduler = cls()
+    scheduler.set_timesteps(1000)
+    t = scheduler.timesteps[500]  # t = 499, as yielded by `for t in scheduler.timesteps`
+    gen = torch.Generator().manual_seed(0)
+    sample = torch.randn((batch, *SHAPE), generator=gen)
+    model_output = torch.randn((batch, *SHAPE), generator=gen)
+    step_gen = torch.Generator().manual_seed(1)
+    return lambda: scheduler.step(model_output, t, sample, generator=step_gen)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=21)
+    parser.add_argument("--no-write", action="store_true", help="print only; do not update docs/benchmarks*")
+    args = parser.parse_args(argv)
+
+    from diffusers import DDPMScheduler as RefScheduler
+
+    from ddpm import DDPMScheduler
+
+    rows, raw = [], {}
+    for batch, inner in ((1, 200), (64, 5)):
+        ours, ref = _setup(DDPMScheduler, batch), _setup(RefScheduler, batch)
+        a, b = ours(), ref()
+        assert torch.allclose(a.prev_sample, b.prev_sample, rtol=1e-5, atol=1e-6)  # same work, same noise
+        t_ours, t_ref = time_pair(ours, ref, repeats=args.repeats, warmup=3, inner=inner)
+        ratio = t_ref / t_ours
+        raw[f"batch{batch}"] = {"ours_us": t_ours * 1e6, "diffusers_us": t_ref * 1e6, "ratio": ratio}
+        rows.append(f"| {batch} | {t_ours * 1e6:.1f} | {t_ref * 1e6:.1f} | {ratio:.2f}x |")
+        print(f"batch {batch:>3}: ours {t_ours * 1e6:9.1f} us   diffusers {t_ref * 1e6:9.1f} us   ratio {ratio:.2f}x")
+
+    table = "\n".join(
+        [
+            "| batch (3x32x32, float32) | ours (us) | Diffusers (us) | ratio |",
+            "|---|---|---|---|",
+            *rows,
+        ]
+    )
+    notes = (
+        "One `step()` after `set_timesteps(1000)` at t = 499 (noise drawn from a CPU `torch.Generator`). "
+        "At batch 1 the per-call overhead dominates: ours indexes precomputed Python-float coefficients and runs "
+        "7 tensor kernels, Diffusers builds ~20 0-d tensors and searches the schedule with `nonzero()`. "
+        "At batch 64 the standard-normal draw (bit-identical in both, single-threaded Mersenne Twister) is most of "
+        "the time, so the ratio is bounded by it; ours saves the remaining elementwise passes (noise scaled inside "
+        "`normal_`, in-place fused updates)."
+    )
+    if not args.no_write:
+        write_results(
+            "scheduler_step",
+            "Scheduler: one DDPMScheduler.step() (CPU, float32)",
+            table,
+            raw,
+            "python -m benchmarks.scheduler_step",
+            notes,
+        )
+    return raw
+
+
+if __name__ == "__main__":
+    main()

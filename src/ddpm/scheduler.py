@@ -97,16 +97,18 @@ class _ModelOutput(OrderedDict):
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        cls._field_names = frozenset()  # filled in by __post_init__ once the dataclass decorator has run
+        cls._field_order = ()  # filled in by __post_init__ once the dataclass decorator has run
+        cls._field_names = frozenset()
 
     def __post_init__(self):
         cls = type(self)
-        if not cls._field_names:
-            cls._field_names = frozenset(f.name for f in fields(cls))
-        for field in fields(self):
-            value = getattr(self, field.name)
+        if not cls._field_order:
+            cls._field_order = tuple(f.name for f in fields(cls))
+            cls._field_names = frozenset(cls._field_order)
+        for name in cls._field_order:
+            value = getattr(self, name)
             if value is not None:
-                OrderedDict.__setitem__(self, field.name, value)
+                OrderedDict.__setitem__(self, name, value)
 
     def __getitem__(self, key):
         if isinstance(key, str):
@@ -138,7 +140,7 @@ class _ModelOutput(OrderedDict):
         self._refuse("update")
 
     def __reduce__(self):
-        return (type(self), tuple(getattr(self, f.name) for f in fields(self)))
+        return (type(self), tuple(getattr(self, name) for name in type(self)._field_order))
 
     def to_tuple(self) -> tuple:
         return tuple(OrderedDict.__getitem__(self, k) for k in self.keys())
@@ -167,6 +169,8 @@ def _draw_noise(shape, generator, device: torch.device, dtype: torch.dtype, std:
     a list of generators draws one batch item from each. ``std`` is applied by ``normal_`` itself, which multiplies
     the same standard-normal draw by it (one pass fewer than drawing and scaling).
     """
+    if generator is None or (isinstance(generator, torch.Generator) and generator.device.type == device.type):
+        return torch.empty(shape, dtype=dtype, device=device).normal_(0.0, std, generator=generator)
     rand_device = device
     if generator is not None:
         first = generator[0] if isinstance(generator, (list, tuple)) and generator else generator
@@ -473,13 +477,15 @@ class DDPMScheduler(ConfigMixin):
 
     # -- the reverse step --------------------------------------------------------------------------------------------
     def _split_model_output(self, model_output: torch.Tensor, sample: torch.Tensor):
+        learned = self.config.variance_type in _LEARNED
+        if not learned and model_output.shape == sample.shape and sample.ndim >= 2:
+            return model_output, None
         if model_output.ndim < 2 or sample.ndim < 2:
             raise ValueError(
                 f"model_output {tuple(model_output.shape)} and sample {tuple(sample.shape)} must be batched "
                 "(batch, channels, ...) tensors."
             )
         channels = sample.shape[1]
-        learned = self.config.variance_type in _LEARNED
         want = 2 * channels if learned else channels
         if model_output.shape[1] != want or (
             model_output.shape[0] != sample.shape[0] or model_output.shape[2:] != sample.shape[2:]

@@ -213,6 +213,17 @@ def test_step_does_not_modify_inputs():
         assert torch.equal(x, x_copy) and torch.equal(mo, mo_copy)
 
 
+@pytest.mark.parametrize("variance_type", ["fixed_small", "learned_range", "learned"])
+def test_step_is_differentiable(variance_type):
+    s = DDPMScheduler(variance_type=variance_type)
+    channels = 3 if variance_type == "fixed_small" else 6
+    x = torch.randn(2, 3, 4, 4, requires_grad=True)
+    mo = torch.randn(2, channels, 4, 4, requires_grad=True)
+    out = s.step(mo, 500, x, generator=torch.Generator().manual_seed(0))
+    (out.prev_sample.sum() + out.pred_original_sample.sum()).backward()
+    assert torch.isfinite(x.grad).all() and torch.isfinite(mo.grad).all() and mo.grad.abs().sum() > 0
+
+
 def test_add_noise_does_not_touch_state_and_accepts_ints():
     s = DDPMScheduler()
     acp = s.alphas_cumprod

@@ -560,8 +560,9 @@ class DDPMScheduler(ConfigMixin):
         if prediction_type == "epsilon":  # eq. 15: x0 = (x_t - sqrt(1 - ᾱ_t) ε) / sqrt(ᾱ_t)
             # Three roundings in the reference's order (no fused multiply-add): at large t the subtraction cancels
             # and the division by a small sqrt(ᾱ_t) amplifies any rounding difference.
-            x0 = torch.mul(prediction, steps.sqrt_one_minus_a[index])
-            x0 = torch.sub(sample, x0, out=x0).div_(steps.sqrt_a[index])
+            scaled = torch.mul(prediction, steps.sqrt_one_minus_a[index])
+            x0 = torch.sub(sample, scaled) if scaled.requires_grad else torch.sub(sample, scaled, out=scaled)
+            x0.div_(steps.sqrt_a[index])
         elif prediction_type == "v_prediction":  # x0 = sqrt(ᾱ_t) x_t - sqrt(1 - ᾱ_t) v
             x0 = torch.mul(sample, steps.sqrt_a[index]).sub_(prediction, alpha=steps.sqrt_one_minus_a[index])
         else:  # "sample"

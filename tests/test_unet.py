@@ -164,6 +164,11 @@ def test_cifar10_parity(cifar_pair):
         # per-sample timesteps
         ts = torch.tensor([3, 870])
         assert rel_err(ours(x, ts).sample, theirs(x, ts).sample) < 1e-5
+        # from batch 4 on, the CPU forward runs on channels-last activations
+        x4 = torch.randn(4, 3, 32, 32)
+        out = ours(x4, 500).sample
+        assert out.is_contiguous()
+        assert rel_err(out, theirs(x4, 500).sample) < 1e-5
 
 
 def test_256px_parity_at_small_resolution():
@@ -207,7 +212,7 @@ def test_small_config_parity(variant):
     size = config["sample_size"]
     h, w = (size, size) if isinstance(size, int) else size
     torch.manual_seed(4)
-    x = torch.randn(2, config.get("in_channels", 3), h, w)
+    x = torch.randn(4, config.get("in_channels", 3), h, w)  # batch 4: the channels-last CPU path
     with torch.inference_mode():
         for t in (0, 41, 999):
             a = ours(x, t).sample
@@ -269,16 +274,25 @@ def test_timestep_forms_and_outputs(tiny_pair):
             ours(x, 3, class_labels=torch.tensor([1, 2, 3]))
 
 
-def test_channels_last_input(tiny_pair):
-    ours, _ = tiny_pair
-    x = torch.randn(2, 3, 16, 16)
+@pytest.mark.parametrize("batch", [2, 4])
+def test_channels_last_input_and_weights(tiny_pair, batch):
+    ours, theirs = tiny_pair
+    x = torch.randn(batch, 3, 16, 16)
+    xcl = x.to(memory_format=torch.channels_last)
     with torch.inference_mode():
-        ref = ours(x, 5).sample
-        out = ours(x.to(memory_format=torch.channels_last), 5).sample
+        ref = theirs(x, 5).sample
+        plain = ours(x, 5).sample
+        assert plain.is_contiguous() and rel_err(plain, ref) < 1e-5
+        out = ours(xcl, 5).sample
+        assert out.is_contiguous(memory_format=torch.channels_last)  # the input's layout is kept
         assert rel_err(out, ref) < 1e-5
         model_cl = copy.deepcopy(ours).to(memory_format=torch.channels_last)
-        out2 = model_cl(x.to(memory_format=torch.channels_last), 5).sample
-        assert rel_err(out2, ref) < 1e-5
+        for inp in (x, xcl):
+            assert rel_err(model_cl(inp, 5).sample, ref) < 1e-5
+        assert model_cl(x, 5).sample.is_contiguous()
+        nchw = copy.deepcopy(ours)
+        nchw.cpu_channels_last = False
+        assert rel_err(nchw(x, 5).sample, ref) < 1e-5
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

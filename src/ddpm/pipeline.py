@@ -79,6 +79,11 @@ class ImagePipelineOutput(OrderedDict):
             return self.to_tuple()[key]
         return super().__getitem__(key)
 
+    def __setattr__(self, name, value):
+        super().__setattr__(name, value)
+        if name in self:
+            super().__setitem__(name, value)
+
     def to_tuple(self) -> tuple:
         return tuple(v for v in self.values() if v is not None)
 

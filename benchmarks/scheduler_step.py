@@ -80,7 +80,7 @@ def main(argv=None) -> dict:
         "tensors per call and searches the schedule with `nonzero()`. At batch 64 the standard-normal draw "
         "(bit-identical in both, a single-threaded Mersenne Twister, ~0.5 ms here) is most of the time and bounds "
         "the ratio; ours saves the remaining elementwise passes (noise scaled inside `normal_`, in-place fused "
-        "updates: 6 passes instead of 10). The machine is shared, so absolute numbers vary between runs."
+        "updates: 6 elementwise passes instead of 9). The machine is shared, so absolute numbers vary between runs."
     )
     if not args.no_write:
         write_results(

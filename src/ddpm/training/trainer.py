@@ -90,6 +90,50 @@ def _grad_norm(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))  # pragma: no cover
 
 
+def optimisation_step(
+    model: nn.Module,
+    scheduler,
+    optimizer: torch.optim.Optimizer,
+    x0: torch.Tensor,
+    noise: torch.Tensor,
+    t: torch.Tensor,
+    *,
+    lr: float,
+    grad_clip: float = 1.0,
+    vlb_weight: float = 0.001,
+    autocast_dtype: torch.dtype | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    ema: EMA | None = None,
+    ema_model: nn.Module | None = None,
+    params: list[torch.Tensor] | None = None,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """One update: loss on ``(x0, noise, t)``, backward (scaled when a scaler is given), clip the global gradient
+    norm, Adam at learning rate ``lr``, then the EMA of ``ema_model`` (default ``model``). No host sync.
+
+    Returns the per-sample loss terms, the batch loss and the gradient norm before clipping (tensors).
+    """
+    if params is None:
+        params = [p for p in model.parameters() if p.requires_grad]
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    terms = compute_loss(model, scheduler, x0, noise, t, vlb_weight, autocast_dtype)
+    loss = terms["loss"].mean()
+    if scaler is not None and scaler.is_enabled():
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        grad_norm = _grad_norm(params, grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        grad_norm = _grad_norm(params, grad_clip)
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if ema is not None:
+        ema.update(ema_model if ema_model is not None else model)
+    return terms, loss, grad_norm
+
+
 class _Metrics:
     """Per-step scalars accumulated on the device; read (one sync) every ``log_every`` steps."""
 
@@ -320,19 +364,11 @@ class Trainer:
                 if cfg.hflip:
                     flip = (torch.rand((B,), generator=noise_gen, device=device) < 0.5)[lo:hi]
                     x0 = torch.where(flip[:, None, None, None], x0.flip(3), x0)
-                for group in optimizer.param_groups:
-                    group["lr"] = learning_rate(cfg, step)
-
-                terms = compute_loss(train_model, scheduler, x0, noise, t, cfg.vlb_weight, autocast_dtype)
-                loss = terms["loss"].mean()
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-                grad_norm = _grad_norm(params, cfg.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                if ema is not None:
-                    ema.update(model)
+                terms, loss, grad_norm = optimisation_step(
+                    train_model, scheduler, optimizer, x0, noise, t,
+                    lr=learning_rate(cfg, step), grad_clip=cfg.grad_clip, vlb_weight=cfg.vlb_weight,
+                    autocast_dtype=autocast_dtype, scaler=scaler, ema=ema, ema_model=model, params=params,
+                )  # fmt: skip
                 step += 1
                 metrics.add(terms, t, loss, grad_norm, per_rank)
                 if bar is not None:

@@ -54,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtypes", nargs="+", default=None, choices=sorted(DTYPES), help="default: float32 (cpu)")
     parser.add_argument("--repeats", type=int, default=None, help="timed repetitions (default 7 on cpu, 20 on cuda)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument(
+        "--channels-last", action="store_true", help="both models and inputs in channels-last memory format"
+    )
     parser.add_argument("--no-write", action="store_true", help="print only; do not update docs/benchmarks.md")
     args = parser.parse_args(argv)
 
@@ -72,9 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     for dtype_name in dtypes:
         dtype = DTYPES[dtype_name]
         ours, theirs = build(args.device, dtype)
+        layout = torch.channels_last if args.channels_last else torch.contiguous_format
+        ours, theirs = ours.to(memory_format=layout), theirs.to(memory_format=layout)
         for batch in batches:
             gen = torch.Generator().manual_seed(batch)
-            x = torch.randn(batch, 3, 32, 32, generator=gen).to(args.device, dtype)
+            x = torch.randn(batch, 3, 32, 32, generator=gen).to(args.device, dtype, memory_format=layout)
             t = torch.randint(0, 1000, (batch,), generator=gen).to(args.device)
             with torch.inference_mode():
                 err = (ours(x, t).sample.float() - theirs(x, t).sample.float()).abs().max().item()
@@ -118,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         "`ddpm.models.flops.unet_forward_flops`). Ratio = Diffusers time / our time."
     )
     if not args.no_write:
-        name = "unet_forward" if not cuda else "unet_forward_cuda"
+        name = ("unet_forward" if not cuda else "unet_forward_cuda") + ("_channels_last" if args.channels_last else "")
         title = "UNet2DModel forward (CIFAR-10 config)" + (" on GPU" if cuda else " on CPU")
         command = "python -m benchmarks.unet_forward " + " ".join(argv if argv is not None else sys.argv[1:])
         write_results(name, title, table, raw, command.strip(), notes)

@@ -312,6 +312,8 @@ def test_low_precision_forward(tiny_pair, dtype):
         assert rel_err(out, ref) < 5e-2
         their_low = copy.deepcopy(theirs).to(dtype)
         assert rel_err(out, their_low(x.to(dtype), 20).sample) < 5e-2
+        x4 = torch.randn(4, 3, 16, 16)  # the channels-last CPU path
+        assert rel_err(low(x4.to(dtype), 20).sample, ours(x4, 20).sample) < 5e-2
 
 
 def test_gradient_checkpointing_same_gradients(tiny_pair):

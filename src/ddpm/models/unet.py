@@ -88,7 +88,6 @@ class UNet2DModel(ModelMixin):
     """
 
     _supports_gradient_checkpointing = True
-    _skip_layerwise_casting_patterns = ("norm",)
     #: On CPU, run the network on channels-last (NHWC) activations for batches of CPU_CHANNELS_LAST_MIN_BATCH or
     #: more, or when the weights are channels-last (measured faster with oneDNN convolutions); the output keeps the
     #: input's layout. Set to False on an instance to always keep the input's layout.

@@ -215,8 +215,8 @@ class DDPMPipeline:
         """Move the UNet: ``.to(device)``, ``.to(dtype)``, ``.to(device, dtype)`` or keywords; returns ``self``.
 
         ``memory_format=torch.channels_last`` stores the UNet's weights channels-last (convolutions then run
-        channels-last): measured about 15% faster on CPU at batch 16, a little slower at batch 1
-        (``docs/benchmarks.md``).
+        channels-last): on CPU measured 1.15-1.25x faster at batch 16 and about even at batch 1
+        (``docs/benchmarks.md``); numerically the same up to float rounding.
         """
         device = kwargs.pop("device", None)
         dtype = kwargs.pop("dtype", None)

@@ -1,0 +1,174 @@
+"""Sampling speed: images per second of a whole ``pipe(...)`` run, ours against Diffusers' ``DDPMPipeline``.
+
+Both pipelines get the same weights (Diffusers' UNet state dict loaded into ours), the same scheduler config and
+the same seed, and are timed interleaved (``benchmarks._report.time_pair``). Run::
+
+    .venv/bin/python -m benchmarks.sampling                 # CPU, small 32x32 UNet, batch 1 and 16
+    .venv/bin/python -m benchmarks.sampling --device cuda   # CIFAR-10 UNet (35.7M), batch 1, 64, 256, float32
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+import torch
+
+from benchmarks._report import time_pair, write_results
+
+# Small CPU config: 32x32, two levels (32, 64), attention at 16x16, DDPM flags.
+SMALL = dict(
+    sample_size=32,
+    in_channels=3,
+    out_channels=3,
+    block_out_channels=(32, 64),
+    layers_per_block=1,
+    down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+    up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+    norm_num_groups=8,
+    attention_head_dim=None,
+    flip_sin_to_cos=False,
+    freq_shift=1,
+    downsample_padding=0,
+    norm_eps=1e-6,
+)
+
+# google/ddpm-cifar10-32 (diffusers-ddpm.md section 3.5).
+CIFAR10 = dict(
+    sample_size=32,
+    in_channels=3,
+    out_channels=3,
+    block_out_channels=(128, 256, 256, 256),
+    layers_per_block=2,
+    down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+    norm_num_groups=32,
+    attention_head_dim=None,
+    flip_sin_to_cos=False,
+    freq_shift=1,
+    downsample_padding=0,
+    norm_eps=1e-6,
+    act_fn="silu",
+    center_input_sample=False,
+    mid_block_scale_factor=1,
+    time_embedding_type="positional",
+)
+
+
+def build(config: dict, device: str, variance_type: str):
+    import diffusers
+
+    import ddpm
+
+    torch.manual_seed(0)
+    their_unet = diffusers.UNet2DModel(**config).eval()
+    our_unet = ddpm.UNet2DModel(**config).eval()
+    our_unet.load_state_dict(their_unet.state_dict())
+    sched = {"variance_type": variance_type}
+    theirs = diffusers.DDPMPipeline(unet=their_unet.to(device), scheduler=diffusers.DDPMScheduler(**sched))
+    ours = ddpm.DDPMPipeline(unet=our_unet.to(device), scheduler=ddpm.DDPMScheduler(**sched))
+    theirs.set_progress_bar_config(disable=True)
+    ours.set_progress_bar_config(disable=True)
+    return ours, theirs
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: 50 on CPU, 100 on CUDA)")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=None, help="default: 1 16 (CPU), 1 64 256")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument(
+        "--no-channels-last", action="store_true", help="skip the pipe.to(memory_format=channels_last) variant"
+    )
+    parser.add_argument("--no-write", action="store_true", help="print only; do not update docs/benchmarks")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cuda = args.device == "cuda"
+    if cuda and not torch.cuda.is_available():
+        print("benchmarks.sampling: --device cuda but no CUDA device is available", file=sys.stderr)
+        return 1
+    config, name = (CIFAR10, "CIFAR-10 UNet (35.7M params)") if cuda else (SMALL, "small UNet 32x32 (32, 64)")
+    steps = args.steps or (100 if cuda else 50)
+    batch_sizes = args.batch_sizes or ([1, 64, 256] if cuda else [1, 16])
+    ours, theirs = build(config, args.device, "fixed_large")
+
+    variants = [("ours", ours)]
+    if not args.no_channels_last:
+        import copy
+
+        import ddpm
+
+        ours_cl = ddpm.DDPMPipeline(copy.deepcopy(ours.unet), ours.scheduler).to(memory_format=torch.channels_last)
+        ours_cl.set_progress_bar_config(disable=True)
+        variants.append(("ours, channels_last", ours_cl))
+
+    rows, raw = [], []
+    for batch in batch_sizes:
+
+        def run(pipe, batch=batch):
+            return pipe(
+                batch_size=batch,
+                generator=torch.Generator().manual_seed(0),
+                num_inference_steps=steps,
+                output_type="np",
+            ).images
+
+        reference = run(theirs)
+        for label, pipe in variants:
+            max_diff = float(np.abs(run(pipe) - reference).max())
+            t_ours, t_theirs = time_pair(
+                lambda pipe=pipe: run(pipe), lambda: run(theirs), repeats=args.repeats, warmup=1, device=args.device
+            )
+            ips_ours, ips_theirs = batch / t_ours, batch / t_theirs
+            ratio = t_theirs / t_ours
+            raw.append(
+                {
+                    "device": args.device,
+                    "model": name,
+                    "variant": label,
+                    "dtype": "float32",
+                    "steps": steps,
+                    "batch_size": batch,
+                    "ours_s": t_ours,
+                    "diffusers_s": t_theirs,
+                    "ours_images_per_s": ips_ours,
+                    "diffusers_images_per_s": ips_theirs,
+                    "ratio": ratio,
+                    "max_abs_diff": max_diff,
+                }
+            )
+            rows.append(
+                f"| {args.device} | {name} | {label} | {steps} | {batch} | {ips_ours:.3g} | {ips_theirs:.3g} "
+                f"| {ratio:.2f}x | {max_diff:.1e} |"
+            )
+            print(rows[-1], flush=True)
+
+    table = (
+        "| device | model | ours | steps | batch | ours (images/s) | Diffusers (images/s) | ratio | max abs diff |\n"
+        "|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows)
+    )
+    notes = (
+        f"Whole `pipe(batch_size=B, generator=torch.Generator().manual_seed(0), num_inference_steps={steps}, "
+        "output_type='np')` runs, float32, same weights and seed; median of "
+        f"{args.repeats} interleaved runs after one warm-up; {torch.get_num_threads()} torch thread(s). "
+        "Ratio = Diffusers time / our time. Max abs diff: largest difference between the two pipelines' images "
+        "(in [0, 1]). `ours, channels_last`: the same pipeline after `pipe.to(memory_format=torch.channels_last)`."
+    )
+    if not cuda:
+        notes += (
+            " The CUDA path (`--device cuda`: the CIFAR-10 UNet at batch 1, 64 and 256, float32) has not been measured "
+            "yet: no GPU was available."
+        )
+    if not args.no_write:
+        command = "python -m benchmarks.sampling" + (" " + " ".join(argv if argv is not None else sys.argv[1:]))
+        write_results(f"sampling-{args.device}", f"Sampling ({args.device})", table, raw, command.strip(), notes)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

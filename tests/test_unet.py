@@ -442,3 +442,36 @@ def test_flops_agree_with_torch_counter():
         dict(config, down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2, add_attention=False)
     )
     assert counted == full - attention_products
+
+
+def test_google_ddpm_cifar10_config_json(tmp_path):
+    """The 2022 config.json of google/ddpm-cifar10-32 (Diffusers 0.0.4: fewer keys) builds the 35.7M model."""
+    import json
+
+    config = {
+        "_class_name": "UNet2DModel",
+        "_diffusers_version": "0.0.4",
+        "act_fn": "silu",
+        "attention_head_dim": None,
+        "block_out_channels": [128, 256, 256, 256],
+        "center_input_sample": False,
+        "down_block_types": ["DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"],
+        "downsample_padding": 0,
+        "flip_sin_to_cos": False,
+        "freq_shift": 1,
+        "in_channels": 3,
+        "layers_per_block": 2,
+        "mid_block_scale_factor": 1,
+        "norm_eps": 1e-06,
+        "norm_num_groups": 32,
+        "out_channels": 3,
+        "sample_size": 32,
+        "time_embedding_type": "positional",
+        "up_block_types": ["UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"],
+    }
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with torch.device("meta"):
+        model = UNet2DModel.from_config(UNet2DModel.load_config(tmp_path))
+    assert model.num_parameters() == 35_746_307
+    assert model.config.attention_head_dim is None and model.config.dropout == 0.0
+    assert unet_forward_flops(model) == 11_758_469_120

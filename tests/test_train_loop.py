@@ -152,6 +152,8 @@ def test_outputs_load_in_diffusers_and_ours(tmp_path):
     for key in ("step", "loss", "lr", "grad_norm", "images_per_s"):
         assert key in record
     assert any(key.startswith("loss_q") for key in record)
+    with Image.open(out / "loss.png") as curve:
+        assert curve.size == (640, 400)
 
     state = _final(out)
     from ddpm import DDPMPipeline

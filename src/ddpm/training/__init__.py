@@ -1,1 +1,32 @@
-"""Training: data sets, the loss, EMA, checkpoints, the loop and distributed set-up."""
+"""Training: data sets, the loss, EMA, checkpoints, the loop and distributed set-up.
+
+>>> from ddpm.training import resolve_config, train
+>>> result = train(resolve_config("fashion-mnist-small", data="fashion-mnist", output_dir="runs/fm", max_steps=2000))
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {
+    "TrainConfig": "ddpm.training.config",
+    "ConfigError": "ddpm.training.config",
+    "resolve_config": "ddpm.training.config",
+    "Trainer": "ddpm.training.trainer",
+    "TrainResult": "ddpm.training.trainer",
+    "TrainingError": "ddpm.training.trainer",
+    "NonFiniteLossError": "ddpm.training.trainer",
+    "train": "ddpm.training.trainer",
+    "EMA": "ddpm.training.ema",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ddpm.training' has no attribute '{name}'")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

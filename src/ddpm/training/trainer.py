@@ -381,6 +381,7 @@ class Trainer:
                     last_ckpt = self._save(step, model, optimizer, scaler, ema, generators, info, order)
                     if info.is_main:
                         sampler_state.export(ema, self.out / "pipeline")
+                        self._draw_loss_curve()
                 if info.is_main and cfg.sample_every and (step % cfg.sample_every == 0 or step == cfg.max_steps):
                     grid = sampler_state.sample_grid(ema, self.out / "samples" / f"step-{step:09d}.png")
                     if writer is not None:
@@ -430,8 +431,7 @@ class Trainer:
                         writer.add_scalar(f"train/{key}", value, step)
         return record
 
-    def _state(self, step, model, optimizer, scaler, ema, generators, info, order) -> dict[str, Any]:
-        rng = ddist.all_gather_objects(ckpt.capture_rng_state(generators), info)
+    def _state(self, step, model, optimizer, scaler, ema, rng, info, order) -> dict[str, Any]:
         return {
             "format": CHECKPOINT_FORMAT,
             "version": CHECKPOINT_VERSION,
@@ -447,10 +447,12 @@ class Trainer:
         }
 
     def _save(self, step, model, optimizer, scaler, ema, generators, info, order) -> Path | None:
-        state = self._state(step, model, optimizer, scaler, ema, generators, info, order)
+        # Every rank's RNG states go into rank 0's file (each rank continues its own dropout stream on resume).
+        rng = ddist.all_gather_objects(ckpt.capture_rng_state(generators), info)
         path = None
         error = None
         if info.is_main:
+            state = self._state(step, model, optimizer, scaler, ema, rng, info, order)
             try:
                 path = ckpt.save_checkpoint(state, self.ckpt_dir, step, keep=self.cfg.keep_checkpoints)
             except ckpt.CheckpointError as err:
@@ -516,6 +518,14 @@ class Trainer:
             except (ValueError, KeyError, TypeError):
                 continue  # a torn last line
         ddpm_io.atomic_write_text(path, "".join(line + "\n" for line in keep))
+
+    def _draw_loss_curve(self) -> None:
+        from ddpm.training.plot import draw_loss_curve, read_metrics
+
+        try:
+            draw_loss_curve(read_metrics(self.out / "metrics.jsonl"), self.out / "loss.png")
+        except (OSError, ValueError) as err:  # a picture is not worth stopping a run for
+            logger.warning("could not draw %s: %s", self.out / "loss.png", err)
 
     def _tensorboard(self):
         try:

@@ -3,6 +3,7 @@
 import errno
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -99,7 +100,7 @@ def test_sigkill_at_any_moment_then_resume_is_bitwise_exact(tmp_path):
         if steps and steps[0] >= 4:
             break
         time.sleep(0.01)
-    time.sleep(0.05)  # land somewhere inside a later step or checkpoint write
+    time.sleep(random.uniform(0.0, 0.05))  # land anywhere inside a later step or checkpoint write
     killed.send_signal(signal.SIGKILL)
     assert killed.wait() == -signal.SIGKILL
     assert ckpt.list_checkpoints(run_dir / "checkpoints")[0][0] < 12, "the run finished before it was killed"
@@ -162,6 +163,12 @@ def test_outputs_load_in_diffusers_and_ours(tmp_path):
     for key, value in ours.unet.state_dict().items():
         assert torch.equal(value, state["ema"]["params"][key]), key  # the export holds the EMA weights
     assert ours.scheduler.config.variance_type == "fixed_large"
+    from ddpm.cli import main
+
+    grid = tmp_path / "grid.png"
+    assert main(["sample", "--model", str(out / "pipeline"), "--num-images", "2", "--steps", "2", "--out", str(grid),
+                 "--no-progress"]) == 0  # fmt: skip
+    assert grid.is_file()
 
     diffusers = pytest.importorskip("diffusers")
     theirs = diffusers.DDPMPipeline.from_pretrained(out / "pipeline")

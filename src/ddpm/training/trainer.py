@@ -243,6 +243,22 @@ class Trainer:
             raise DataError(f"training images are {shape} (C, H, W) but the run expects {want}")
         return dataset
 
+    def _open_data_everywhere(self, info: ddist.DistInfo):
+        """Rank 0 opens the data first (it may unpack an archive into the cache), then the others; an error on rank 0
+        is raised on every rank instead of leaving them waiting."""
+        if not info.distributed:
+            return self._open_data()
+        dataset, error = None, None
+        if info.is_main:
+            try:
+                dataset = self._open_data()
+            except DataError as err:
+                error = str(err)
+        error = ddist.broadcast_object(error, info)
+        if error:
+            raise DataError(error)
+        return dataset if dataset is not None else self._open_data()
+
     def _loader(self, dataset, order: DataOrder, start: int, info: ddist.DistInfo):
         """Yields this rank's uint8 batches for steps ``start..max_steps-1``."""
         images = getattr(dataset, "images", None)
@@ -281,7 +297,7 @@ class Trainer:
                 f"({info.world_size})"
             )
         device = info.device
-        dataset = self._open_data()
+        dataset = self._open_data_everywhere(info)
         order = DataOrder(len(dataset), cfg.batch_size, cfg.seed)
 
         # Same initial weights on every rank (DDP would broadcast them anyway).

@@ -251,3 +251,19 @@ def test_reference_statistics_cache(tmp_path, capsys):
     fewer = reference_statistics(str(tmp_path / "b"), cache, _FakeExtractor(), num_samples=3)
     assert fewer.n == 3 and fewer.source_hash != other.source_hash
     assert reference_statistics(None, cache).n == 3
+
+
+def test_random_subset_of_a_data_set(tmp_path):
+    from ddpm.evaluation.fid import iterate_source_images, source_statistics
+
+    images = np.arange(20, dtype=np.uint8).reshape(20, 1, 1, 1).repeat(4, 1).repeat(4, 2)
+    np.savez(tmp_path / "set.npz", images=images)
+    src = parse_source(tmp_path / "set.npz")
+    first = torch.cat(list(iterate_source_images(src, 5)))
+    assert first[:, 0, 0, 0].tolist() == [0, 1, 2, 3, 4]
+    picked = torch.cat(list(iterate_source_images(src, 5, subset_seed=0, chunk=2)))[:, 0, 0, 0].tolist()
+    assert len(set(picked)) == 5 and picked == sorted(picked) and picked != [0, 1, 2, 3, 4]
+    assert torch.cat(list(iterate_source_images(src, 5, subset_seed=0)))[:, 0, 0, 0].tolist() == picked
+    a = source_statistics(tmp_path / "set.npz", _FakeExtractor(), num_samples=5, subset_seed=0)
+    b = source_statistics(tmp_path / "set.npz", _FakeExtractor(), num_samples=5)
+    assert a.source_hash != b.source_hash and a.mu[0] == pytest.approx(np.mean(picked))

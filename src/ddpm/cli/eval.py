@@ -22,7 +22,8 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "eval",
         help="evaluate: FID, NLL in bits/dim, Inception Score, generation at scale, the paper's figures",
-        description=__doc__,
+        description="The paper's evaluation (protocol and examples: docs/evaluation.md). Timesteps are ours, "
+        "0..T-1 (the paper's t - 1).",
         formatter_class=HelpFormatter,
     )
     sub = p.add_subparsers(dest="eval_command", metavar="EVAL_COMMAND")
@@ -61,6 +62,13 @@ def _add_fid(sub, fmt) -> None:
     p.add_argument("reference", nargs="?", default=None, help="reference image set")
     p.add_argument("--ref-stats", default=None, help="reference statistics .npz to load, or to save once computed")
     p.add_argument("--num-samples", type=int, default=None, help="images per set (first N; or N generated)")
+    p.add_argument(
+        "--subset-seed",
+        type=int,
+        default=None,
+        help="with --num-samples, take a random subset of N images of each data set (drawn with this seed) "
+        "instead of the first N (for sets stored sorted by class, e.g. the cifar10 folders)",
+    )
     p.add_argument("--batch-size", type=int, default=50, help="Inception batch size")
     p.add_argument(
         "--resolution",
@@ -111,6 +119,7 @@ def run_fid(args) -> int:
             generation=generation,
             progress=True,
             method=args.method,
+            subset_seed=args.subset_seed,
         )
     except InceptionNotFoundError as err:
         print(f"ddpm eval fid: {err}", file=sys.stderr)

@@ -239,9 +239,15 @@ def _folder_resolution(folder: Path) -> int:
 
 
 def iterate_source_images(
-    source: Source, num_samples: int | None = None, resolution: int | None = None, chunk: int = 500
+    source: Source,
+    num_samples: int | None = None,
+    resolution: int | None = None,
+    chunk: int = 500,
+    subset_seed: int | None = None,
 ):
-    """Yield uint8 NCHW tensors of a data source, at most ``num_samples`` images, ``chunk`` at a time."""
+    """Yield uint8 NCHW tensors of a data source, ``chunk`` at a time: the first ``num_samples`` images, or with
+    ``subset_seed`` a uniformly random subset of ``num_samples`` (drawn with that seed, kept in the set's order;
+    useful for sets stored sorted by class, such as the CIFAR-10 folders)."""
     from ddpm.training.data import ArrayImageDataset, open_dataset
 
     path = Path(source.path_or_name)
@@ -251,11 +257,15 @@ def iterate_source_images(
     n = len(dataset) if num_samples is None else min(num_samples, len(dataset))
     if num_samples is not None and n < num_samples:
         print(f"fid: {source.spec} holds only {n} images (asked for {num_samples})", file=sys.stderr)
+    if subset_seed is not None and n < len(dataset):
+        indices = np.sort(np.random.default_rng(subset_seed).choice(len(dataset), n, replace=False)).tolist()
+    else:
+        indices = list(range(n))
     if isinstance(dataset, ArrayImageDataset):
         for start in range(0, n, chunk):
-            yield dataset.images[start : min(n, start + chunk)]
+            yield dataset.images[indices[start : start + chunk]]
         return
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, range(n)), batch_size=chunk)
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=chunk)
     yield from loader
 
 
@@ -267,6 +277,7 @@ def source_statistics(
     resolution: int | None = None,
     generation: dict | None = None,
     progress: bool = False,
+    subset_seed: int | None = None,
 ) -> FeatureStatistics:
     """Statistics of a source (see the module docstring). ``extractor``: an
     :class:`~ddpm.evaluation.inception.InceptionFeatureExtractor` (made on demand). ``generation``: keyword arguments
@@ -291,7 +302,9 @@ def source_statistics(
         images = generate_images(pipeline, num_samples, progress=progress, **generation)
         chunks = (torch.from_numpy(images[i : i + 500]) for i in range(0, len(images), 500))
     else:
-        chunks = iterate_source_images(source, num_samples, resolution)
+        chunks = iterate_source_images(source, num_samples, resolution, subset_seed=subset_seed)
+        if subset_seed is not None:
+            extra["subset_seed"] = subset_seed
     running = RunningStatistics()
     start = time.perf_counter()
     for images in chunks:
@@ -324,7 +337,10 @@ def reference_statistics(
 
         extractor = extractor or InceptionFeatureExtractor()
         stats = FeatureStatistics.load(cache)
-        expected = source_hash(source, num_samples, kwargs.get("resolution"), {"inception": extractor.sha1})
+        extra = {"inception": extractor.sha1}
+        if kwargs.get("subset_seed") is not None:
+            extra["subset_seed"] = kwargs["subset_seed"]
+        expected = source_hash(source, num_samples, kwargs.get("resolution"), extra)
         if stats.source_hash == expected:
             return stats
         print(f"fid: {cache} holds statistics of another set ({stats.source}); recomputing", file=sys.stderr)
@@ -346,6 +362,7 @@ def fid(
     generation: dict | None = None,
     progress: bool = False,
     method: str = "sqrtm",
+    subset_seed: int | None = None,
 ) -> dict:
     """FID between source ``a`` (e.g. samples) and reference ``b`` (``ref_stats``: its cached statistics).
 
@@ -354,7 +371,7 @@ def fid(
 
     needs_network = parse_source(a).kind != "stats" or (b is not None and parse_source(b).kind != "stats")
     extractor = InceptionFeatureExtractor(inception, device=device) if needs_network else None
-    common = {"batch_size": batch_size, "resolution": resolution, "progress": progress}
+    common = {"batch_size": batch_size, "resolution": resolution, "progress": progress, "subset_seed": subset_seed}
     stats_a = source_statistics(a, extractor, num_samples=num_samples, generation=generation, **common)
     stats_b = reference_statistics(b, ref_stats, extractor, num_samples=num_samples, **common)
     return {

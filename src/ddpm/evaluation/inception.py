@@ -169,7 +169,7 @@ class InceptionFeatureExtractor:
         # plain execution is as fast here and its cost does not depend on the order of batch sizes.
         with torch.jit.optimized_execution(False):
             for start in range(0, len(images), batch_size):
-                x = preprocess(images[start : start + batch_size]).to(self.device)
+                x = preprocess(torch.as_tensor(images[start : start + batch_size]).to(self.device))
                 feats = self.model(x)
                 if feats.ndim != 2 or feats.shape[1] != FEATURE_DIM:
                     feats = feats.reshape(feats.shape[0], -1)

@@ -4,10 +4,12 @@ Paper App. B: a PixelCNN++-style U-Net of Wide-ResNet blocks with GroupNorm, the
 every residual block, and single-head self-attention at the 16x16 resolution. Module names (``norm1``, ``conv1``,
 ``time_emb_proj``, ``to_q``, ``downsamplers.0.conv``, ...) equal Diffusers' so that its ``state_dict`` loads 1:1.
 
-Tensors are NCHW. The forwards allocate as little as they can: activations are applied in place on freshly computed
-tensors, the time projection and the residual are added in place into the convolution outputs (autograd-safe: those
-ops do not need the overwritten values for their gradients), and attention runs through
-``F.scaled_dot_product_attention`` with its output projection fused with the residual add in one batched GEMM.
+Tensors are (B, C, H, W), in NCHW or channels-last memory (the UNet picks channels-last on CPU from batch 4). The
+forwards allocate as little as they can: activations are applied in place on freshly computed tensors, the time
+projection and the residual are added in place into the convolution outputs (autograd-safe: those ops do not need the
+overwritten values for their gradients), and attention runs through ``F.scaled_dot_product_attention``; its output
+projection is fused with the residual add (one batched GEMM accumulating into the residual for NCHW, an in-place add
+in token layout for channels-last, where (B, L, C) is already the memory layout).
 """
 
 from __future__ import annotations

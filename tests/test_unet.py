@@ -475,3 +475,17 @@ def test_google_ddpm_cifar10_config_json(tmp_path):
     assert model.num_parameters() == 35_746_307
     assert model.config.attention_head_dim is None and model.config.dropout == 0.0
     assert unet_forward_flops(model) == 11_758_469_120
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_forward_with_cpu_timesteps(tiny_pair):
+    ours, theirs = (copy.deepcopy(m).cuda() for m in tiny_pair)
+    x = torch.randn(4, 3, 16, 16, device="cuda")
+    with torch.inference_mode():
+        ref = theirs(x, torch.tensor([1, 2, 3, 4], device="cuda")).sample
+        for t in (torch.tensor([1, 2, 3, 4]), torch.tensor([1, 2, 3, 4], device="cuda")):
+            assert rel_err(ours(x, t).sample, ref) < 1e-4  # TF32 convolutions may be on
+        assert rel_err(ours(x, torch.tensor(7)).sample, theirs(x, 7).sample) < 1e-4
+        low = ours.to(torch.bfloat16)
+        assert rel_err(low(x.bfloat16(), torch.tensor([1, 2, 3, 4])).sample, ref) < 5e-2

@@ -482,15 +482,16 @@ class Trainer:
         if state.get("format") != CHECKPOINT_FORMAT:
             raise TrainingError("the checkpoint is not a ddpm training checkpoint")
         saved_cfg = json.loads(state["config"])
+        current = json.loads(self.cfg.to_json())  # compare in JSON form (tuples and lists alike)
         for key in ("model", "scheduler", "resolution", "channels", "dropout"):
-            if key in saved_cfg and saved_cfg[key] != getattr(self.cfg, key):
+            if key in saved_cfg and saved_cfg[key] != current[key]:
                 raise TrainingError(
                     f"cannot resume: the checkpoint was trained with {key}={saved_cfg[key]!r}, this run asks for "
                     f"{getattr(self.cfg, key)!r}"
                 )
         changed = [
             k for k in ("batch_size", "seed", "lr", "warmup_steps", "grad_clip", "ema_decay", "precision", "hflip")
-            if k in saved_cfg and saved_cfg[k] != getattr(self.cfg, k)
+            if k in saved_cfg and saved_cfg[k] != current[k]
         ]  # fmt: skip
         if changed and info.is_main:
             warnings.warn(

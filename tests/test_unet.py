@@ -489,3 +489,30 @@ def test_cuda_forward_with_cpu_timesteps(tiny_pair):
         assert rel_err(ours(x, torch.tensor(7)).sample, theirs(x, 7).sample) < 1e-4
         low = ours.to(torch.bfloat16)
         assert rel_err(low(x.bfloat16(), torch.tensor([1, 2, 3, 4])).sample, ref) < 5e-2
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_autocast_bf16_forward_and_backward_with_attention(batch, channels_last):
+    # Mixed-precision training runs the UNet under autocast: the attention block must accept activations whose
+    # dtype differs from its float32 residual (regression: the fused NCHW projection wrote bf16 into fp32).
+    torch.manual_seed(0)
+    model = UNet2DModel(
+        sample_size=8,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(16, 32),
+        norm_num_groups=8,
+        down_block_types=("AttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "AttnUpBlock2D"),
+    )
+    x = torch.randn(batch, 3, 8, 8)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    ref = model(x, 10).sample
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x, 10).sample
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out.float(), ref, atol=0.1, rtol=0.1)
+    out.float().square().mean().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)

@@ -127,7 +127,11 @@ class Attention(nn.Module):
             )
             o = o.transpose(1, 2).reshape(b, length, self.heads * self.head_dim)
         out = self.to_out[0]
-        if tokens_layout:
+        if o.dtype != x.dtype or out.weight.dtype != x.dtype:
+            # Mixed precision (autocast): the projection runs in the autocast dtype and the residual add promotes,
+            # as an unfused module would; the fused in-place paths below need one dtype throughout.
+            y = out(o).transpose(1, 2).reshape(b, c, height, width) + x
+        elif tokens_layout:
             # channels-last: (B, L, C) is the memory layout of the result; project, add the residual in place.
             y = out(o).add_(x.permute(0, 2, 3, 1).reshape(b, length, c))
             y = y.view(b, height, width, c).permute(0, 3, 1, 2)

@@ -267,3 +267,17 @@ def test_random_subset_of_a_data_set(tmp_path):
     a = source_statistics(tmp_path / "set.npz", _FakeExtractor(), num_samples=5, subset_seed=0)
     b = source_statistics(tmp_path / "set.npz", _FakeExtractor(), num_samples=5)
     assert a.source_hash != b.source_hash and a.mu[0] == pytest.approx(np.mean(picked))
+
+
+@pytest.mark.slow
+@needs_inception
+def test_command_default_sqrtm(tmp_path, capsys):
+    """The reference protocol end to end (scipy's sqrtm on 2048 features: tens of seconds on two CPU cores)."""
+    _write_folder(tmp_path / "a", 0, n=8)
+    _write_folder(tmp_path / "b", 1, n=8)
+    out = tmp_path / "fid.json"
+    assert main(["eval", "fid", str(tmp_path / "a"), str(tmp_path / "b"), "--json", str(out)]) == 0
+    sqrtm = json.loads(out.read_text())
+    assert sqrtm["method"] == "sqrtm" and np.isfinite(sqrtm["fid"]) and sqrtm["fid"] > 0
+    assert main(["eval", "fid", str(tmp_path / "a"), str(tmp_path / "b"), "--method", "eigh", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["fid"] == pytest.approx(sqrtm["fid"], rel=1e-5)

@@ -260,8 +260,8 @@ def plot_rate_distortion(rd: dict[str, np.ndarray], path: str | os.PathLike, siz
 
 
 def _fmt(v: float) -> str:
-    if v == 0:
-        return "0"
+    if v == 0 or (abs(v) >= 1 and float(v).is_integer()):
+        return f"{v:.0f}"
     if abs(v) >= 100 or abs(v) < 0.01:
         return f"{v:.0f}" if abs(v) >= 100 else f"{v:.1e}"
     return f"{v:.2f}"

@@ -76,3 +76,13 @@ def test_hub_id_offline_gives_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     with pytest.raises(ddpm_io.OfflineError, match="cannot be reached"):
         ddpm_io.resolve_file("someone/some-model", "config.json")
+
+
+def test_atomic_write_gives_ordinary_permissions(tmp_path):
+    import os
+
+    p = tmp_path / "g.json"
+    ddpm_io.atomic_write_text(p, "{}")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert p.stat().st_mode & 0o777 == 0o666 & ~umask

@@ -30,17 +30,14 @@ logger = logging.getLogger(__name__)
 DIFFUSERS_FORMAT_VERSION = "0.42.1"
 
 
-class FrozenDict(OrderedDict):
-    """A read-only ordered dict whose keys are also readable as attributes (``config.num_train_timesteps``)."""
+class ReadOnlyDictMixin:
+    """Refuses the dict methods that remove keys or change several at once (as Diffusers' ``FrozenDict`` and
+    ``BaseOutput`` do): put it before the dict class in the bases."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        for key, value in self.items():
-            object.__setattr__(self, key, value)
-        object.__setattr__(self, "_FrozenDict__frozen", True)
+    _refusal_note = ""
 
     def _refuse(self, name):
-        raise TypeError(f"You cannot use ``{name}`` on a FrozenDict instance: the config is read-only.")
+        raise TypeError(f"You cannot use ``{name}`` on a {type(self).__name__} instance{self._refusal_note}.")
 
     def __delitem__(self, *args, **kwargs):
         self._refuse("__delitem__")
@@ -51,11 +48,23 @@ class FrozenDict(OrderedDict):
     def pop(self, *args, **kwargs):
         self._refuse("pop")
 
-    def popitem(self, *args, **kwargs):
-        self._refuse("popitem")
-
     def update(self, *args, **kwargs):
         self._refuse("update")
+
+
+class FrozenDict(ReadOnlyDictMixin, OrderedDict):
+    """A read-only ordered dict whose keys are also readable as attributes (``config.num_train_timesteps``)."""
+
+    _refusal_note = ": the config is read-only"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for key, value in self.items():
+            object.__setattr__(self, key, value)
+        object.__setattr__(self, "_FrozenDict__frozen", True)
+
+    def popitem(self, *args, **kwargs):
+        self._refuse("popitem")
 
     def clear(self):
         self._refuse("clear")

@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import warnings
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,8 @@ import torch
 from . import images as ddpm_images
 from . import io as ddpm_io
 from .config import DIFFUSERS_FORMAT_VERSION, FrozenDict
+from .noise import GeneratorArg, generator_device_type, randn_tensor
+from .outputs import BaseOutput
 
 logger = logging.getLogger(__name__)
 
@@ -64,75 +65,16 @@ def bundled_model_path() -> Path:
 # Outputs
 # ---------------------------------------------------------------------------------------------------------------
 @dataclasses.dataclass
-class ImagePipelineOutput(OrderedDict):
+class ImagePipelineOutput(BaseOutput):
     """The pipeline's result: ``images`` is a list of PIL images, an NHWC NumPy array in ``[0, 1]`` or an NCHW
     tensor in ``[0, 1]``. Readable as ``out.images``, ``out["images"]`` or ``out[0]``; ``out.to_tuple()``."""
 
     images: Any
 
-    def __post_init__(self):
-        super().__init__()
-        self["images"] = self.images
-
-    def __getitem__(self, key):
-        if isinstance(key, (int, slice)):
-            return self.to_tuple()[key]
-        return super().__getitem__(key)
-
-    def __setattr__(self, name, value):
-        super().__setattr__(name, value)
-        if name in self:
-            super().__setitem__(name, value)
-
-    def to_tuple(self) -> tuple:
-        return tuple(v for v in self.values() if v is not None)
-
-    # A dataclass deriving from a dict: keep identity-based hashing off and equality field-based.
-    __hash__ = None
-
 
 # ---------------------------------------------------------------------------------------------------------------
-# Random numbers
+# Random numbers (the noise itself is drawn by ddpm.noise.randn_tensor, re-exported here as Diffusers has it)
 # ---------------------------------------------------------------------------------------------------------------
-GeneratorArg = torch.Generator | Sequence[torch.Generator] | None
-
-
-def _generator_device_type(generator: GeneratorArg) -> str | None:
-    if generator is None:
-        return None
-    first = generator[0] if isinstance(generator, (list, tuple)) else generator
-    return first.device.type
-
-
-def randn_tensor(
-    shape: Sequence[int],
-    generator: GeneratorArg = None,
-    device: str | torch.device | None = None,
-    dtype: torch.dtype | None = None,
-) -> torch.Tensor:
-    """Standard normal noise drawn exactly as Diffusers' ``randn_tensor`` draws it.
-
-    A CPU generator with a non-CPU target draws on the CPU and moves the result (the same numbers on every machine);
-    a CUDA generator with a non-CUDA target raises ``ValueError``. A list of generators draws row ``i`` of the batch
-    from ``generator[i]``; a list of one is the same as that generator.
-    """
-    device = torch.device(device) if device is not None else torch.device("cpu")
-    gen_type = _generator_device_type(generator)
-    rand_device = device
-    if gen_type is not None and gen_type != device.type:
-        if gen_type == "cpu":
-            rand_device = torch.device("cpu")
-        elif gen_type == "cuda":
-            raise ValueError(f"Cannot generate a {device} tensor from a generator of type {gen_type}.")
-    if isinstance(generator, (list, tuple)) and len(generator) == 1:
-        generator = generator[0]
-    if isinstance(generator, (list, tuple)):
-        row = (1, *shape[1:])
-        draws = [torch.randn(row, generator=generator[i], device=rand_device, dtype=dtype) for i in range(shape[0])]
-        return torch.cat(draws, dim=0).to(device)
-    return torch.randn(tuple(shape), generator=generator, device=rand_device, dtype=dtype).to(device)
-
-
 def image_seed(seed: int, index: int) -> int:
     """The 64-bit seed of image ``index`` of a run seeded with ``seed``: ``SeedSequence([seed, index])``'s first
     64-bit word. Independent of batching, so image ``i`` is the same whatever the batch size."""
@@ -303,7 +245,7 @@ class DDPMPipeline:
                 )
         elif generator is not None and not isinstance(generator, torch.Generator):
             raise ValueError(f"generator must be a torch.Generator or a list of them, got {type(generator).__name__}")
-        gen_type = _generator_device_type(generator)
+        gen_type = generator_device_type(generator)
         if gen_type == "cuda" and self.device.type != "cuda":
             raise ValueError(f"Cannot generate a {self.device} tensor from a generator of type {gen_type}.")
         num_train = self.scheduler.config.num_train_timesteps

@@ -20,9 +20,8 @@ from __future__ import annotations
 
 import math
 import operator
-from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -35,6 +34,8 @@ from .diffusion_math import (
     make_betas,
     normal_kl,
 )
+from .noise import randn_tensor
+from .outputs import BaseOutput
 
 __all__ = [
     "PREDICTION_TYPES",
@@ -88,66 +89,8 @@ def _check_choice(name: str, value: Any, allowed: Sequence[str]) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # Output
 # ---------------------------------------------------------------------------------------------------------------
-class _ModelOutput(OrderedDict):
-    """A dataclass that is also an ordered dict and a tuple of its non-``None`` fields (as Diffusers' BaseOutput).
-
-    ``out.prev_sample``, ``out["prev_sample"]`` and ``out[0]`` are the same object; ``out.to_tuple()`` and
-    ``out.keys()`` skip fields that are ``None``.
-    """
-
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        cls._field_order = ()  # filled in by __post_init__ once the dataclass decorator has run
-        cls._field_names = frozenset()
-
-    def __post_init__(self):
-        cls = type(self)
-        if not cls._field_order:
-            cls._field_order = tuple(f.name for f in fields(cls))
-            cls._field_names = frozenset(cls._field_order)
-        for name in cls._field_order:
-            value = getattr(self, name)
-            if value is not None:
-                OrderedDict.__setitem__(self, name, value)
-
-    def __getitem__(self, key):
-        if isinstance(key, str):
-            return OrderedDict.__getitem__(self, key)
-        return self.to_tuple()[key]
-
-    def __setattr__(self, name, value):
-        if value is not None and (name in type(self)._field_names or name in self):
-            OrderedDict.__setitem__(self, name, value)
-        object.__setattr__(self, name, value)
-
-    def __setitem__(self, key, value):
-        OrderedDict.__setitem__(self, key, value)
-        object.__setattr__(self, key, value)
-
-    def _refuse(self, name):
-        raise TypeError(f"You cannot use ``{name}`` on a {type(self).__name__} instance.")
-
-    def __delitem__(self, *args, **kwargs):
-        self._refuse("__delitem__")
-
-    def setdefault(self, *args, **kwargs):
-        self._refuse("setdefault")
-
-    def pop(self, *args, **kwargs):
-        self._refuse("pop")
-
-    def update(self, *args, **kwargs):
-        self._refuse("update")
-
-    def __reduce__(self):
-        return (type(self), tuple(getattr(self, name) for name in type(self)._field_order))
-
-    def to_tuple(self) -> tuple:
-        return tuple(OrderedDict.__getitem__(self, k) for k in self.keys())
-
-
 @dataclass(eq=False)
-class DDPMSchedulerOutput(_ModelOutput):
+class DDPMSchedulerOutput(BaseOutput):
     """What :meth:`DDPMScheduler.step` returns.
 
     Attributes:
@@ -157,47 +100,6 @@ class DDPMSchedulerOutput(_ModelOutput):
 
     prev_sample: torch.Tensor
     pred_original_sample: torch.Tensor | None = None
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Noise (same draws as Diffusers' randn_tensor)
-# ---------------------------------------------------------------------------------------------------------------
-def _draw_noise(shape, generator, device: torch.device, dtype: torch.dtype, std: float = 1.0) -> torch.Tensor:
-    """Normal noise N(0, std²) of ``shape``, from the draws of Diffusers' ``randn_tensor`` (then times ``std``).
-
-    A CPU generator for a non-CPU tensor draws on the CPU and copies (the numbers are then hardware-independent);
-    a list of generators draws one batch item from each. ``std`` is applied by ``normal_`` itself, which multiplies
-    the same standard-normal draw by it (one pass fewer than drawing and scaling).
-    """
-    if generator is None or (isinstance(generator, torch.Generator) and generator.device.type == device.type):
-        return torch.empty(shape, dtype=dtype, device=device).normal_(0.0, std, generator=generator)
-    rand_device = device
-    if generator is not None:
-        first = generator[0] if isinstance(generator, (list, tuple)) and generator else generator
-        if isinstance(generator, (list, tuple)) and not generator:
-            raise ValueError("generator=[] is empty; pass None, one torch.Generator, or one per batch item.")
-        gen_type = first.device.type
-        if gen_type != device.type:
-            if gen_type != "cpu":
-                raise ValueError(
-                    f"Cannot draw noise for a {device} sample from a generator on {first.device}; use a CPU "
-                    f"generator or one on {device.type}."
-                )
-            rand_device = torch.device("cpu")
-    if isinstance(generator, (list, tuple)) and len(generator) == 1:
-        generator = generator[0]
-    if isinstance(generator, (list, tuple)):
-        if len(generator) != shape[0]:
-            raise ValueError(
-                f"generator is a list of {len(generator)} generators; it must hold one per batch item "
-                f"({shape[0]}) or exactly one."
-            )
-        noise = torch.empty(shape, dtype=dtype, device=rand_device)
-        for i, gen in enumerate(generator):
-            noise[i : i + 1].normal_(0.0, std, generator=gen)
-    else:
-        noise = torch.empty(shape, dtype=dtype, device=rand_device).normal_(0.0, std, generator=generator)
-    return noise if rand_device == device else noise.to(device)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -578,7 +480,7 @@ class DDPMScheduler(ConfigMixin):
         if steps.t[index] > 0:
             variance_type = self.config.variance_type
             std = 1.0 if steps.std is None else steps.std[index]
-            noise = _draw_noise(prediction.shape, generator, sample.device, noise_dtype, std)
+            noise = randn_tensor(prediction.shape, generator, sample.device, noise_dtype, std)
             prev = noise if noise.dtype == out_dtype else noise.to(out_dtype)
             if variance_type == "learned":  # the second half is log σ² (as the paper's code / improved-diffusion)
                 prev.mul_(torch.mul(model_variance, 0.5).exp_())

@@ -1,6 +1,7 @@
 """Neural networks: the DDPM ``UNet2DModel`` (Diffusers' layout) and the generic ``ModelMixin`` it is built on."""
 
-from .modeling import BaseOutput, ModelMixin, WeightsMismatchError, convert_legacy_attention_keys
+from ..outputs import BaseOutput
+from .modeling import ModelMixin, WeightsMismatchError, convert_legacy_attention_keys
 from .unet import UNet2DModel, UNet2DOutput
 
 __all__ = [

@@ -1,4 +1,5 @@
-"""Generic model machinery: ``ModelMixin`` (config + weights in the Diffusers layout) and ``BaseOutput``.
+"""Generic model machinery: ``ModelMixin`` (config + weights in the Diffusers layout). The models' outputs derive
+from :class:`ddpm.outputs.BaseOutput`.
 
 A model folder holds ``config.json`` and ``diffusion_pytorch_model.safetensors`` (or a legacy
 ``diffusion_pytorch_model.bin``, read only through ``torch.load(weights_only=True)``), exactly as Diffusers writes
@@ -11,8 +12,6 @@ import logging
 import os
 import re
 import warnings
-from collections import OrderedDict
-from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,76 +26,6 @@ logger = logging.getLogger(__name__)
 
 class WeightsMismatchError(ValueError):
     """A weights file does not fit the model built from its config (missing, unexpected or mis-shaped tensors)."""
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Outputs
-# ---------------------------------------------------------------------------------------------------------------
-class BaseOutput(OrderedDict):
-    """Base of the dataclass outputs, as Diffusers' ``BaseOutput``.
-
-    Fields are attributes (``out.sample``), string keys (``out["sample"]``) and tuple positions (``out[0]``), skipping
-    fields that are None; ``to_tuple()`` gives the plain tuple. Subclasses are registered as pytree nodes so that
-    ``torch.compile``/DDP can look through them.
-    """
-
-    def __init_subclass__(cls) -> None:
-        super().__init_subclass__()
-        import torch.utils._pytree as pytree
-
-        try:
-            pytree.register_pytree_node(
-                cls,
-                pytree._dict_flatten,
-                lambda values, context: cls(**pytree._dict_unflatten(values, context)),
-                serialized_type_name=f"{cls.__module__}.{cls.__qualname__}",
-            )
-        except (ValueError, AttributeError):  # pragma: no cover - already registered / very old torch
-            pass
-
-    def __post_init__(self) -> None:
-        for field in fields(self):
-            value = getattr(self, field.name)
-            if value is not None:
-                self[field.name] = value
-
-    def _refuse(self, name):
-        raise TypeError(f"You cannot use ``{name}`` on a {type(self).__name__} instance.")
-
-    def __delitem__(self, *args, **kwargs):
-        self._refuse("__delitem__")
-
-    def setdefault(self, *args, **kwargs):
-        self._refuse("setdefault")
-
-    def pop(self, *args, **kwargs):
-        self._refuse("pop")
-
-    def update(self, *args, **kwargs):
-        self._refuse("update")
-
-    def __getitem__(self, key):
-        if isinstance(key, str):
-            return dict(self.items())[key]
-        return self.to_tuple()[key]
-
-    def __setattr__(self, name, value):
-        if name in self.keys() and value is not None:
-            super().__setitem__(name, value)
-        super().__setattr__(name, value)
-
-    def __setitem__(self, key, value):
-        super().__setitem__(key, value)
-        super().__setattr__(key, value)
-
-    def __reduce__(self):
-        if not is_dataclass(self):
-            return super().__reduce__()
-        constructor, _args, *rest = super().__reduce__()
-        return (constructor, tuple(getattr(self, f.name) for f in fields(self)), *rest)
-
-    def to_tuple(self) -> tuple[Any, ...]:
-        return tuple(self[k] for k in self.keys())
 
 
 # ---------------------------------------------------------------------------------------------------------------

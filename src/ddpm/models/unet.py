@@ -24,9 +24,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..config import register_to_config
+from ..outputs import BaseOutput
 from .blocks import DownBlock2D, UNetMidBlock2D, UpBlock2D
 from .embeddings import TimestepEmbedding, Timesteps
-from .modeling import BaseOutput, ModelMixin
+from .modeling import ModelMixin
 
 DOWN_BLOCK_TYPES = ("DownBlock2D", "AttnDownBlock2D")
 UP_BLOCK_TYPES = ("UpBlock2D", "AttnUpBlock2D")

@@ -40,6 +40,12 @@ def _device_arg(p) -> None:
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
 
 
+def _write_json(path: str, result: dict) -> None:
+    from ddpm.io import atomic_write_text
+
+    atomic_write_text(path, json.dumps(result, indent=2) + "\n")
+
+
 def _generation_args(p) -> None:
     p.add_argument("--seed", type=int, default=0, help="base seed; image i uses a generator seeded from (seed, i)")
     p.add_argument("--num-inference-steps", type=int, default=None, help="reverse steps; default: the full chain")
@@ -121,10 +127,7 @@ def run_fid(args) -> int:
             method=args.method,
             subset_seed=args.subset_seed,
         )
-    except InceptionNotFoundError as err:
-        print(f"ddpm eval fid: {err}", file=sys.stderr)
-        return 1
-    except (ValueError, FileNotFoundError) as err:
+    except (InceptionNotFoundError, ValueError, FileNotFoundError) as err:
         print(f"ddpm eval fid: {err}", file=sys.stderr)
         return 1
     result["seconds"] = round(time.perf_counter() - start, 1)
@@ -133,9 +136,7 @@ def run_fid(args) -> int:
         f"{result['seconds']} s)"
     )
     if args.json:
-        from ddpm.io import atomic_write_text
-
-        atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
+        _write_json(args.json, result)
     return 0
 
 
@@ -206,10 +207,23 @@ def run_is(args) -> int:
 # ---------------------------------------------------------------------------------------------------------------
 # helpers shared by the model-based commands
 # ---------------------------------------------------------------------------------------------------------------
-def _model_args(p) -> None:
-    p.add_argument("--model", required=True, help="pipeline folder (model_index.json, unet/, scheduler/) or Hub id")
+def _model_args(p, required: bool = True, when: str = "") -> None:
+    """--model (a pipeline folder or Hub id; ``when`` says when it is needed if not ``required``), --device, --seed."""
+    p.add_argument(
+        "--model",
+        required=required,
+        default=None,
+        help="pipeline folder (model_index.json, unet/, scheduler/) or Hub id" + (f" ({when})" if when else ""),
+    )
     _device_arg(p)
     p.add_argument("--seed", type=int, default=0, help="random seed (>= 0)")
+
+
+def _bound_args(p) -> None:
+    """The options of computing the variational bound over a data set (``nll`` and ``rate-distortion``)."""
+    p.add_argument("--num-images", type=int, default=16, help="first N images of the set (0: all)")
+    p.add_argument("--batch-size", type=int, default=8, help="images per model call")
+    p.add_argument("--t-batch", type=int, default=1, help="timesteps per model call")
 
 
 def _load(args):
@@ -255,9 +269,7 @@ def _add_nll(sub, fmt) -> None:
     )
     _model_args(p)
     p.add_argument("--data", required=True, help="images to score: " + SOURCE_HELP.split(", or a pipeline")[0])
-    p.add_argument("--num-images", type=int, default=16, help="first N images of the set (0: all)")
-    p.add_argument("--batch-size", type=int, default=8, help="images per model call")
-    p.add_argument("--t-batch", type=int, default=1, help="timesteps per model call")
+    _bound_args(p)
     p.add_argument("--no-clip", action="store_true", help="do not clip the predicted x_0 to [-1, 1]")
     p.add_argument(
         "--decoder-cdf",
@@ -328,9 +340,7 @@ def run_nll(args) -> int:
     if args.out:
         _save_nll(args.out, results, summary)
     if args.json:
-        from ddpm.io import atomic_write_text
-
-        atomic_write_text(args.json, json.dumps(summary, indent=2) + "\n")
+        _write_json(args.json, summary)
     return 0
 
 
@@ -547,13 +557,9 @@ def _add_rate_distortion(sub, fmt) -> None:
         "bound (as `ddpm eval nll`) or reads a saved one (--from). Writes OUT.png (PIL plot), OUT.csv and OUT.json.",
     )
     p.add_argument("--from", dest="from_npz", default=None, help="an .npz written by `ddpm eval nll --out`")
-    p.add_argument("--model", default=None, help="pipeline folder (when not --from)")
+    _model_args(p, required=False, when="when not --from")
     p.add_argument("--data", default=None, help="images to score (when not --from)")
-    p.add_argument("--num-images", type=int, default=16, help="first N images")
-    p.add_argument("--batch-size", type=int, default=8, help="images per model call")
-    p.add_argument("--t-batch", type=int, default=1, help="timesteps per model call")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
-    _device_arg(p)
+    _bound_args(p)
     p.add_argument("--out", default="rate_distortion", help="output prefix (.png/.csv/.json are added)")
     p.set_defaults(func=run_rate_distortion, no_clip=False, decoder_cdf="exact")
 

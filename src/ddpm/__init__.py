@@ -6,8 +6,9 @@ their file format. Names are imported lazily so that ``import ddpm`` and the ``d
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from ._lazy import lazy_attributes as _lazy_attributes
 
 __version__ = "0.1.0"
 
@@ -27,15 +28,4 @@ if TYPE_CHECKING:  # pragma: no cover
     from .pipeline import DDPMPipeline, ImagePipelineOutput  # noqa: F401
     from .scheduler import DDPMScheduler, DDPMSchedulerOutput  # noqa: F401
 
-
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'ddpm' has no attribute '{name}'")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = _lazy_attributes(__name__, _LAZY, globals())

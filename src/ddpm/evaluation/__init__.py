@@ -6,7 +6,7 @@ Names are imported lazily (scipy and the Inception network are only needed by FI
 
 from __future__ import annotations
 
-import importlib
+from .._lazy import lazy_attributes as _lazy_attributes
 
 _LAZY = {
     # FID
@@ -41,15 +41,4 @@ _LAZY = {
 
 __all__ = sorted(_LAZY)
 
-
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'ddpm.evaluation' has no attribute '{name}'")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = _lazy_attributes(__name__, _LAZY, globals())

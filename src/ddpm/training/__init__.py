@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-import importlib
+from .._lazy import lazy_attributes as _lazy_attributes
 
 _LAZY = {
     "TrainConfig": "ddpm.training.config",
@@ -22,11 +22,4 @@ _LAZY = {
 
 __all__ = sorted(_LAZY)
 
-
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'ddpm.training' has no attribute '{name}'")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = _lazy_attributes(__name__, _LAZY, globals())

@@ -179,6 +179,20 @@ class Upsample2D(nn.Module):
         return self.conv(x)
 
 
+def _resnet_layers(in_channels: list[int], out_channels: int, temb_channels: int, **kwargs) -> nn.ModuleList:
+    """One ``ResnetBlock2D(c, out_channels, temb_channels, **kwargs)`` per input width ``c``, in order."""
+    return nn.ModuleList([ResnetBlock2D(c, out_channels, temb_channels, **kwargs) for c in in_channels])
+
+
+def _attention_layers(
+    with_attention: bool, num_layers: int, channels: int, head_dim: int | None, groups: int, eps: float
+) -> nn.ModuleList | None:
+    """``num_layers`` attention layers of ``channels`` (one head when ``head_dim`` is None), or None without."""
+    if not with_attention:
+        return None
+    return nn.ModuleList([Attention(channels, head_dim or channels, groups, eps) for _ in range(num_layers)])
+
+
 class _Block(nn.Module):
     """Shared gradient-checkpointing switch of the down, mid and up blocks."""
 
@@ -220,26 +234,15 @@ class DownBlock2D(_Block):
         attention_head_dim: int | None = None,
     ):
         super().__init__()
-        self.attentions = (
-            nn.ModuleList(
-                [Attention(out_channels, attention_head_dim or out_channels, groups, eps) for _ in range(num_layers)]
-            )
-            if with_attention
-            else None
-        )
-        self.resnets = nn.ModuleList(
-            [
-                ResnetBlock2D(
-                    in_channels if i == 0 else out_channels,
-                    out_channels,
-                    temb_channels,
-                    groups=groups,
-                    eps=eps,
-                    dropout=dropout,
-                    time_embedding_norm=time_embedding_norm,
-                )
-                for i in range(num_layers)
-            ]
+        self.attentions = _attention_layers(with_attention, num_layers, out_channels, attention_head_dim, groups, eps)
+        self.resnets = _resnet_layers(
+            [in_channels] + [out_channels] * (num_layers - 1),
+            out_channels,
+            temb_channels,
+            groups=groups,
+            eps=eps,
+            dropout=dropout,
+            time_embedding_norm=time_embedding_norm,
         )
         self.downsamplers = nn.ModuleList([Downsample2D(out_channels, downsample_padding)]) if add_downsample else None
 
@@ -274,29 +277,19 @@ class UpBlock2D(_Block):
         attention_head_dim: int | None = None,
     ):
         super().__init__()
-        self.attentions = (
-            nn.ModuleList(
-                [Attention(out_channels, attention_head_dim or out_channels, groups, eps) for _ in range(num_layers)]
-            )
-            if with_attention
-            else None
+        self.attentions = _attention_layers(with_attention, num_layers, out_channels, attention_head_dim, groups, eps)
+        # Layer i sees the previous output (the block below's for i = 0) concatenated with one skip connection.
+        previous = [prev_output_channels] + [out_channels] * (num_layers - 1)
+        skips = [out_channels] * (num_layers - 1) + [in_channels]
+        self.resnets = _resnet_layers(
+            [a + b for a, b in zip(previous, skips)],
+            out_channels,
+            temb_channels,
+            groups=groups,
+            eps=eps,
+            dropout=dropout,
+            time_embedding_norm=time_embedding_norm,
         )
-        resnets = []
-        for i in range(num_layers):
-            skip_channels = in_channels if i == num_layers - 1 else out_channels
-            resnet_in = prev_output_channels if i == 0 else out_channels
-            resnets.append(
-                ResnetBlock2D(
-                    resnet_in + skip_channels,
-                    out_channels,
-                    temb_channels,
-                    groups=groups,
-                    eps=eps,
-                    dropout=dropout,
-                    time_embedding_norm=time_embedding_norm,
-                )
-            )
-        self.resnets = nn.ModuleList(resnets)
         self.upsamplers = nn.ModuleList([Upsample2D(out_channels)]) if add_upsample else None
 
     def forward(self, h: torch.Tensor, skips: tuple[torch.Tensor, ...], temb: torch.Tensor) -> torch.Tensor:
@@ -344,20 +337,15 @@ class UNetMidBlock2D(_Block):
             if add_attention
             else [None]
         )
-        self.resnets = nn.ModuleList(
-            [
-                ResnetBlock2D(
-                    channels,
-                    channels,
-                    temb_channels,
-                    groups=groups,
-                    eps=eps,
-                    dropout=dropout,
-                    time_embedding_norm=time_embedding_norm,
-                    output_scale_factor=output_scale_factor,
-                )
-                for _ in range(2)
-            ]
+        self.resnets = _resnet_layers(
+            [channels, channels],
+            channels,
+            temb_channels,
+            groups=groups,
+            eps=eps,
+            dropout=dropout,
+            time_embedding_norm=time_embedding_norm,
+            output_scale_factor=output_scale_factor,
         )
 
     def _layer(self, i: int, h: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:

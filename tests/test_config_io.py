@@ -86,3 +86,19 @@ def test_atomic_write_gives_ordinary_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert p.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_saving_into_a_file_path_is_refused(tmp_path):
+    from ddpm import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    file = tmp_path / "not_a_folder"
+    file.write_text("x")
+    unet = UNet2DModel(
+        sample_size=4, block_out_channels=(8,), down_block_types=("DownBlock2D",), up_block_types=("UpBlock2D",),
+        norm_num_groups=4, add_attention=False,
+    )  # fmt: skip
+    pipe = DDPMPipeline(unet, DDPMScheduler())
+    for save in (pipe.scheduler.save_config, unet.save_pretrained, pipe.save_pretrained):
+        with pytest.raises(ValueError, match="should be a directory, not a file"):
+            save(file)
+    assert file.read_text() == "x"

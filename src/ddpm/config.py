@@ -196,11 +196,7 @@ class ConfigMixin:
 
     def save_config(self, save_directory: str | os.PathLike) -> Path:
         """Write ``save_directory/<config_name>`` atomically; returns the file's path."""
-        save_directory = Path(save_directory)
-        if save_directory.is_file():
-            raise ValueError(f"Provided path ({save_directory}) should be a directory, not a file")
-        save_directory.mkdir(parents=True, exist_ok=True)
-        path = save_directory / self.config_name
+        path = ddpm_io.save_directory_path(save_directory) / self.config_name
         ddpm_io.atomic_write_text(path, self.to_json_string())
         return path
 

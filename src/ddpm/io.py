@@ -78,6 +78,17 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         f.write(text)
 
 
+def save_directory_path(path: str | os.PathLike, create: bool = True) -> Path:
+    """``path`` as the folder a ``save_pretrained``/``save_config`` writes into: ``ValueError`` when it is a file,
+    created (with its parents) when ``create``."""
+    folder = Path(path)
+    if folder.is_file():
+        raise ValueError(f"Provided path ({folder}) should be a directory, not a file")
+    if create:
+        folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def atomic_save(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> None:
     """Call ``write(fileobj)`` on a temporary binary file and atomically move it to ``path``."""
     with atomic_open(path, "wb") as f:

@@ -356,10 +356,7 @@ class DDPMPipeline:
         ``unet/`` and ``scheduler/`` (plus ``ddpm.json`` when :attr:`recommended_num_inference_steps` is set)."""
         if kwargs:
             warnings.warn(f"save_pretrained: ignoring keyword arguments {sorted(kwargs)}", stacklevel=2)
-        folder = Path(save_directory)
-        if folder.is_file():
-            raise ValueError(f"Provided path ({folder}) should be a directory, not a file")
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = ddpm_io.save_directory_path(save_directory)
         if safe_serialization:
             self.unet.save_pretrained(folder / "unet")
         else:

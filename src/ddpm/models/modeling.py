@@ -180,12 +180,9 @@ class ModelMixin(nn.Module, ConfigMixin):
 
         ``safe_serialization=False`` writes the legacy ``diffusion_pytorch_model.bin`` (``torch.save``) instead.
         """
-        save_directory = Path(save_directory)
-        if save_directory.is_file():
-            raise ValueError(f"Provided path ({save_directory}) should be a directory, not a file")
+        save_directory = ddpm_io.save_directory_path(save_directory, create=is_main_process)
         if not is_main_process:
             return save_directory
-        save_directory.mkdir(parents=True, exist_ok=True)
         self.save_config(save_directory)
         state = {k: v.detach() for k, v in self.state_dict().items()}
         name = _weights_name(safe_serialization, variant)

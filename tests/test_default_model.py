@@ -27,7 +27,7 @@ def test_bundled_model_is_small_and_loads_by_name(pipe):
     assert weights.stat().st_size < 8_000_000
     assert pipe.unet.config.sample_size == 28 and pipe.unet.config.in_channels == 1
     assert pipe.scheduler.config.num_train_timesteps == 1000
-    assert pipe.recommended_num_inference_steps == 100
+    assert pipe.recommended_num_inference_steps == 250
     assert DDPMPipeline.from_pretrained().unet.num_parameters() == pipe.unet.num_parameters()
 
 

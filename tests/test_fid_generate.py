@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import ddpm
+from _helpers import tiny_unet
 from ddpm.evaluation.fid import source_statistics
 from ddpm.evaluation.generate import generate_images, generate_to_npz, image_generators, shard_range
 
@@ -18,21 +19,7 @@ T = 6
 
 @pytest.fixture(scope="module")
 def pipe():
-    torch.manual_seed(0)
-    unet = ddpm.UNet2DModel(
-        sample_size=8,
-        in_channels=1,
-        out_channels=1,
-        block_out_channels=(8,),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D",),
-        up_block_types=("UpBlock2D",),
-        norm_num_groups=4,
-        add_attention=False,
-    ).eval()
-    with torch.no_grad():
-        for p in unet.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
+    unet = tiny_unet(1, 1)
     pipe = ddpm.DDPMPipeline(unet, ddpm.DDPMScheduler(num_train_timesteps=T))
     pipe.set_progress_bar_config(disable=True)
     return pipe

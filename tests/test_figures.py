@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 import ddpm
+from _helpers import tiny_unet
 from ddpm.cli import main
 from ddpm.evaluation.figures import (
     interpolate,
@@ -23,21 +24,7 @@ T = 12
 
 
 def _pipeline(variance_type="fixed_small"):
-    torch.manual_seed(0)
-    unet = ddpm.UNet2DModel(
-        sample_size=8,
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(8,),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D",),
-        up_block_types=("UpBlock2D",),
-        norm_num_groups=4,
-        add_attention=False,
-    ).eval()
-    with torch.no_grad():
-        for p in unet.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
+    unet = tiny_unet(3, 3)
     pipe = ddpm.DDPMPipeline(unet, ddpm.DDPMScheduler(num_train_timesteps=T, variance_type=variance_type))
     pipe.set_progress_bar_config(disable=True)
     return pipe

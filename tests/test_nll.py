@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import ddpm
+from _helpers import tiny_unet
 from ddpm.evaluation.nll import bits_per_dim, prior_bpd, summarize, to_model_space, variational_bound
 
 T = 40
@@ -81,21 +82,7 @@ def test_bits_per_dim_conversion():
 
 
 def _tiny_unet(out_channels=3):
-    torch.manual_seed(0)
-    unet = ddpm.UNet2DModel(
-        sample_size=8,
-        in_channels=3,
-        out_channels=out_channels,
-        block_out_channels=(8,),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D",),
-        up_block_types=("UpBlock2D",),
-        norm_num_groups=4,
-        add_attention=False,
-    ).eval()
-    with torch.no_grad():
-        for p in unet.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
+    unet = tiny_unet(3, out_channels)
     return unet
 
 

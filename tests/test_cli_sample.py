@@ -90,6 +90,21 @@ def test_same_as_the_library(model, tmp_path):
         np.testing.assert_array_equal(data["images"], (expected * 255).round().astype(np.uint8))
 
 
+def test_speed_options_same_images(model, tmp_path, capsys):
+    """--channels-last off (the reference NCHW path) and on give the same images; the summary names the settings."""
+    common = ["--num-images", "2", "--seed", "5", "--compile", "off"]
+    assert sample(model, *common, "--channels-last", "off", "--out", str(tmp_path / "a.npz")) == 0
+    assert "compiled" not in capsys.readouterr().err
+    threads = torch.get_num_threads()
+    try:
+        assert sample(model, *common, "--channels-last", "on", "--threads", "1", "--out", str(tmp_path / "b.npz")) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert "1 thread(s), channels-last" in capsys.readouterr().err
+    with np.load(tmp_path / "a.npz") as a, np.load(tmp_path / "b.npz") as b:
+        assert np.abs(a["images"].astype(int) - b["images"].astype(int)).max() <= 1
+
+
 @pytest.mark.parametrize(
     ("args", "match"),
     [
@@ -99,6 +114,7 @@ def test_same_as_the_library(model, tmp_path):
         (["--steps", "51"], "--steps must be <= 50"),
         (["--seed", "-1"], "--seed must be >= 0"),
         (["--out", "x.jpg"], "--out must end in .png or .npz"),
+        (["--threads", "0"], "--threads must be >= 1"),
     ],
 )
 def test_bad_options_print_one_line(model, tmp_path, capsys, args, match):

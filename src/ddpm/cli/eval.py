@@ -367,6 +367,9 @@ def _add_generate(sub, fmt) -> None:
         help="reverse steps; default: the model's recommended number, else the full chain",
     )
     p.add_argument("--out", required=True, help="output .npz")
+    from ddpm.speed import add_speed_arguments
+
+    add_speed_arguments(p)
     p.set_defaults(func=run_generate)
 
 
@@ -392,11 +395,16 @@ def _init_distributed(device: str):
 def run_generate(args) -> int:
     import torch.distributed as dist
 
-    from ddpm.evaluation.generate import generate_to_npz
+    from ddpm import speed as ddpm_speed
+    from ddpm.evaluation.generate import default_num_inference_steps, generate_to_npz, shard_range
 
     if args.num_samples < 1 or args.batch_size < 1 or args.seed < 0:
         print("ddpm eval generate: --num-samples and --batch-size must be >= 1, --seed >= 0", file=sys.stderr)
         return 2
+    if (message := ddpm_speed.check_speed_arguments(args)) is not None:
+        print(f"ddpm eval generate: {message}", file=sys.stderr)
+        return 2
+    ddpm_speed.set_threads(args.threads)
     if not args.out.endswith(".npz"):
         print(f"ddpm eval generate: --out must end in .npz, got {args.out}", file=sys.stderr)
         return 2
@@ -404,6 +412,11 @@ def run_generate(args) -> int:
     try:
         start = time.perf_counter()
         pipeline = _load(args)
+        steps = args.num_inference_steps or default_num_inference_steps(pipeline)
+        rank, world = (dist.get_rank(), dist.get_world_size()) if initialised else (0, 1)
+        own = len(shard_range(args.num_samples, rank, world))
+        speed = ddpm_speed.plan(pipeline.device, own, args.batch_size, steps, args.channels_last, args.compile)
+        ddpm_speed.apply(pipeline, pipeline.device, speed)
         out = generate_to_npz(
             pipeline,
             args.num_samples,
@@ -414,7 +427,8 @@ def run_generate(args) -> int:
             progress=True,
         )
         if out is not None:
-            print(f"wrote {args.num_samples} images to {out} ({time.perf_counter() - start:.1f} s)")
+            how = f", {speed.describe()}" if speed.describe() else ""
+            print(f"wrote {args.num_samples} images to {out} ({time.perf_counter() - start:.1f} s{how})")
     finally:
         if initialised:
             dist.destroy_process_group()

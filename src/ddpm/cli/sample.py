@@ -17,6 +17,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 def add_parser(subparsers) -> None:
     from ddpm.cli import HelpFormatter
+    from ddpm.speed import add_speed_arguments
 
     p = subparsers.add_parser(
         "sample",
@@ -55,6 +56,7 @@ def add_parser(subparsers) -> None:
         "a folder (or a path without suffix): one PNG per image",
     )
     p.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
+    add_speed_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -71,6 +73,10 @@ def _check_args(args: argparse.Namespace) -> None:
         raise _UsageError(f"--steps must be >= 1, got {args.steps}")
     if args.seed < 0:
         raise _UsageError(f"--seed must be >= 0, got {args.seed}")
+    from ddpm.speed import check_speed_arguments
+
+    if (message := check_speed_arguments(args)) is not None:
+        raise _UsageError(message)
     out = Path(args.out)
     if out.suffix.lower() not in ("", ".png", ".npz") and not out.is_dir():
         raise _UsageError(f"--out must end in .png or .npz or name a folder, got {args.out}")
@@ -108,8 +114,10 @@ def _run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from ddpm import images as ddpm_images
+    from ddpm import speed as ddpm_speed
     from ddpm.pipeline import DDPMPipeline, NoBundledModelError, image_generators
 
+    ddpm_speed.set_threads(args.threads)
     try:
         pipe = DDPMPipeline.from_pretrained(args.model, dtype=getattr(torch, args.dtype))
     except NoBundledModelError as err:
@@ -119,6 +127,8 @@ def _run(args: argparse.Namespace) -> int:
     steps = args.steps or pipe.recommended_num_inference_steps or min(1000, num_train)
     if steps > num_train:
         raise _UsageError(f"--steps must be <= {num_train} (the model's num_train_timesteps), got {steps}")
+    speed = ddpm_speed.plan(device, args.num_images, args.batch_size, steps, args.channels_last, args.compile)
+    ddpm_speed.apply(pipe, device, speed)
 
     out = Path(args.out)
     as_folder = out.suffix == "" or out.is_dir()
@@ -163,5 +173,6 @@ def _run(args: argparse.Namespace) -> int:
 
         ddpm_images.save_grid(np.concatenate(collected), out, nrow=math.ceil(math.sqrt(args.num_images)))
     what = f"{args.num_images} image(s), {steps} steps, seed {args.seed}, {device}, {args.dtype}"
+    what += f", {speed.describe()}" if speed.describe() else ""
     print(f"wrote {out}{'/' if as_folder else ''} ({what})", file=sys.stderr)
     return 0

@@ -34,6 +34,13 @@ test: $(VENV)/.test
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(PY) -m pytest -q
 
+# The whole side-by-side benchmark suite against Diffusers (docs/benchmarks.md, docs/benchmarks/suite-<device>.json);
+# options through BENCH_ARGS, e.g. make bench BENCH_ARGS="--device cuda" or BENCH_ARGS="--quick --only sampling".
+BENCH_ARGS ?=
+
+bench: $(VENV)/.test
+	$(PY) -m benchmarks $(BENCH_ARGS)
+
 lint: $(VENV)/.test
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks

@@ -1,10 +1,12 @@
 """Sampling speed: images per second of a whole ``pipe(...)`` run, ours against Diffusers' ``DDPMPipeline``.
 
 Both pipelines get the same weights (Diffusers' UNet state dict loaded into ours), the same scheduler config and
-the same seed, and are timed interleaved (``benchmarks._report.time_pair``). Run::
+the same seed, and are timed interleaved (``benchmarks._report.time_pair``). After the timing, each side's peak
+memory during one run is measured on its own (``benchmarks._report.peak_memory``). Run::
 
     .venv/bin/python -m benchmarks.sampling                 # CPU, small 32x32 UNet, batch 1 and 16
     .venv/bin/python -m benchmarks.sampling --device cuda   # CIFAR-10 UNet (35.7M), batch 1, 64, 256, float32
+    .venv/bin/python -m benchmarks.sampling --batch-sizes 1 16 64 --batch-steps 64=10   # fewer steps at batch 64
 """
 
 from __future__ import annotations
@@ -15,7 +17,16 @@ import sys
 import numpy as np
 import torch
 
-from benchmarks._report import time_pair, write_results
+from benchmarks._report import (
+    Section,
+    command_line,
+    fmt_mib,
+    memory_method,
+    mib,
+    peak_memory,
+    time_pair,
+    write_section,
+)
 
 # Small CPU config: 32x32, two levels (32, 64), attention at 16x16, DDPM flags.
 SMALL = dict(
@@ -73,26 +84,47 @@ def build(config: dict, device: str, variance_type: str):
     return ours, theirs
 
 
-def main(argv=None) -> int:
+def _batch_steps(item: str) -> tuple[int, int]:
+    batch, sep, steps = item.partition("=")
+    if not sep or not batch.isdigit() or not steps.isdigit() or int(batch) < 1 or int(steps) < 1:
+        raise argparse.ArgumentTypeError(f"expected BATCH=STEPS (positive integers), got {item!r}")
+    return int(batch), int(steps)
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: 50 on CPU, 100 on CUDA)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=None, help="default: 1 16 (CPU), 1 64 256")
+    parser.add_argument(
+        "--batch-steps",
+        nargs="+",
+        type=_batch_steps,
+        default=[],
+        metavar="BATCH=STEPS",
+        help="denoising steps for some batch sizes instead of --steps, e.g. 64=10 256=10 (images/s scales as 1/steps)",
+    )
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs per side before timing (default 1)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument(
         "--no-channels-last", action="store_true", help="skip the pipe.to(memory_format=channels_last) variant"
     )
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     parser.add_argument("--no-write", action="store_true", help="print only; do not update docs/benchmarks")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def collect(args: argparse.Namespace) -> Section:
+    """Time whole sampling runs of both pipelines at every batch size; the section for docs/benchmarks.md."""
     if args.threads:
         torch.set_num_threads(args.threads)
     cuda = args.device == "cuda"
     if cuda and not torch.cuda.is_available():
-        print("benchmarks.sampling: --device cuda but no CUDA device is available", file=sys.stderr)
-        return 1
+        raise RuntimeError("--device cuda: no CUDA device available")
     config, name = (CIFAR10, "CIFAR-10 UNet (35.7M params)") if cuda else (SMALL, "small UNet 32x32 (32, 64)")
-    steps = args.steps or (100 if cuda else 50)
+    default_steps = args.steps or (100 if cuda else 50)
+    steps_for = dict(args.batch_steps)
     batch_sizes = args.batch_sizes or ([1, 64, 256] if cuda else [1, 16])
     ours, theirs = build(config, args.device, "fixed_large")
 
@@ -106,10 +138,11 @@ def main(argv=None) -> int:
         ours_cl.set_progress_bar_config(disable=True)
         variants.append(("ours, channels_last", ours_cl))
 
-    rows, raw = [], []
+    lines, rows = [], []
     for batch in batch_sizes:
+        steps = steps_for.get(batch, default_steps)
 
-        def run(pipe, batch=batch):
+        def run(pipe, batch=batch, steps=steps):
             return pipe(
                 batch_size=batch,
                 generator=torch.Generator().manual_seed(0),
@@ -118,15 +151,26 @@ def main(argv=None) -> int:
             ).images
 
         reference = run(theirs)
+        peak_theirs = None
         for label, pipe in variants:
             max_diff = float(np.abs(run(pipe) - reference).max())
             t_ours, t_theirs = time_pair(
-                lambda pipe=pipe: run(pipe), lambda: run(theirs), repeats=args.repeats, warmup=1, device=args.device
+                lambda pipe=pipe: run(pipe),
+                lambda: run(theirs),
+                repeats=args.repeats,
+                warmup=args.warmup,
+                device=args.device,
             )
+            peak_ours = None
+            if not args.no_memory:
+                peak_ours = peak_memory(lambda pipe=pipe: run(pipe), args.device)
+                if peak_theirs is None:
+                    peak_theirs = peak_memory(lambda: run(theirs), args.device)
             ips_ours, ips_theirs = batch / t_ours, batch / t_theirs
             ratio = t_theirs / t_ours
-            raw.append(
+            rows.append(
                 {
+                    "case": f"{label.replace(', ', '_')}_batch{batch}_steps{steps}",
                     "device": args.device,
                     "model": name,
                     "variant": label,
@@ -139,34 +183,46 @@ def main(argv=None) -> int:
                     "diffusers_images_per_s": ips_theirs,
                     "ratio": ratio,
                     "max_abs_diff": max_diff,
+                    "ours_peak_mib": mib(peak_ours),
+                    "diffusers_peak_mib": mib(peak_theirs),
                 }
             )
-            rows.append(
+            lines.append(
                 f"| {args.device} | {name} | {label} | {steps} | {batch} | {ips_ours:.3g} | {ips_theirs:.3g} "
-                f"| {ratio:.2f}x | {max_diff:.1e} |"
+                f"| {ratio:.2f}x | {fmt_mib(peak_ours)} | {fmt_mib(peak_theirs)} | {max_diff:.1e} |"
             )
-            print(rows[-1], flush=True)
+            print(lines[-1], flush=True)
 
     table = (
-        "| device | model | ours | steps | batch | ours (images/s) | Diffusers (images/s) | ratio | max abs diff |\n"
-        "|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows)
+        "| device | model | ours | steps | batch | ours (images/s) | Diffusers (images/s) | ratio "
+        "| ours peak (MiB) | Diffusers peak (MiB) | max abs diff |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(lines)
     )
+    step_counts = sorted({row["steps"] for row in rows})
     notes = (
-        f"Whole `pipe(batch_size=B, generator=torch.Generator().manual_seed(0), num_inference_steps={steps}, "
-        "output_type='np')` runs, float32, same weights and seed; median of "
-        f"{args.repeats} interleaved runs after one warm-up; {torch.get_num_threads()} torch thread(s). "
-        "Ratio = Diffusers time / our time. Max abs diff: largest difference between the two pipelines' images "
-        "(in [0, 1]). `ours, channels_last`: the same pipeline after `pipe.to(memory_format=torch.channels_last)`."
+        f"Whole `pipe(batch_size=B, generator=torch.Generator().manual_seed(0), num_inference_steps=S, "
+        f"output_type='np')` runs (S = {', '.join(map(str, step_counts))}, per row), float32, same weights and seed; "
+        f"median of {args.repeats} interleaved runs after {args.warmup} warm-up run(s); "
+        f"{torch.get_num_threads()} torch thread(s). Ratio = Diffusers time / our time; images/s scales as 1/steps. "
+        "Max abs diff: largest difference between the two pipelines' images (in [0, 1])."
     )
-    if not cuda:
-        notes += (
-            " The CUDA path (`--device cuda`: the CIFAR-10 UNet at batch 1, 64 and 256, float32) has not been measured "
-            "yet: no GPU was available."
-        )
+    if not args.no_memory:
+        notes += f" Peak memory: one run per side, measured separately after the timing: {memory_method(args.device)}."
+    if not args.no_channels_last:
+        notes += " `ours, channels_last`: the same pipeline after `pipe.to(memory_format=torch.channels_last)`."
+    return Section(f"sampling-{args.device}", f"Sampling ({args.device})", table, rows, notes)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("benchmarks.sampling: --device cuda but no CUDA device is available", file=sys.stderr)
+        return 1
+    section = collect(args)
     if not args.no_write:
-        command = "python -m benchmarks.sampling" + (" " + " ".join(argv if argv is not None else sys.argv[1:]))
-        write_results(f"sampling-{args.device}", f"Sampling ({args.device})", table, raw, command.strip(), notes)
-    print(table)
+        section.command = command_line("python -m benchmarks.sampling", argv if argv is not None else sys.argv[1:])
+        write_section(section)
+    print(section.table)
     return 0
 
 

@@ -3,18 +3,21 @@
 A realistic call: after set_timesteps(1000), a timestep t > 0 taken from ``scheduler.timesteps`` (as a pipeline
 does), noise drawn from a seeded torch.Generator. Batch 1 and 64 at 3x32x32. Medians of interleaved repetitions.
 
-    .venv/bin/python -m benchmarks.scheduler_step [--repeats N] [--no-write]
+    .venv/bin/python -m benchmarks.scheduler_step [--repeats N] [--threads N ...] [--no-write]
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 
 import torch
 
-from benchmarks._report import time_pair, write_results
+from benchmarks._report import Section, command_line, time_pair, write_section
 
+NAME = "scheduler_step"
 SHAPE = (3, 32, 32)
+CASES = ((1, 200), (64, 5))  # (batch, calls per timed measurement)
 
 
 def _setup(cls, batch: int):
@@ -28,49 +31,60 @@ def _setup(cls, batch: int):
     return lambda: scheduler.step(model_output, t, sample, generator=step_gen)
 
 
-def main(argv=None) -> dict:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=21)
     parser.add_argument("--no-write", action="store_true", help="print only; do not update docs/benchmarks*")
     parser.add_argument(
         "--threads", type=int, nargs="*", default=None, help="torch thread counts to run (default: torch's, then 1)"
     )
-    args = parser.parse_args(argv)
+    return parser
 
+
+def collect(args: argparse.Namespace) -> Section:
+    """Time one step() of both schedulers at every thread count and batch; the section for docs/benchmarks.md."""
     from diffusers import DDPMScheduler as RefScheduler
 
     from ddpm import DDPMScheduler
 
     default_threads = torch.get_num_threads()
     thread_counts = args.threads or sorted({default_threads, 1}, reverse=True)
-    rows, raw = [], {}
-    for threads in thread_counts:
-        torch.set_num_threads(threads)
-        for batch, inner in ((1, 200), (64, 5)):
-            ours, ref = _setup(DDPMScheduler, batch), _setup(RefScheduler, batch)
-            a, b = ours(), ref()
-            assert torch.allclose(a.prev_sample, b.prev_sample, rtol=1e-5, atol=1e-6)  # same work, same noise
-            t_ours, t_ref = time_pair(ours, ref, repeats=args.repeats, warmup=3, inner=inner)
-            ratio = t_ref / t_ours
-            raw[f"threads{threads}_batch{batch}"] = {
-                "threads": threads,
-                "batch": batch,
-                "ours_us": t_ours * 1e6,
-                "diffusers_us": t_ref * 1e6,
-                "ratio": ratio,
-            }
-            rows.append(f"| {batch} | {threads} | {t_ours * 1e6:.1f} | {t_ref * 1e6:.1f} | {ratio:.2f}x |")
-            print(
-                f"threads {threads} batch {batch:>3}: ours {t_ours * 1e6:9.1f} us   "
-                f"diffusers {t_ref * 1e6:9.1f} us   ratio {ratio:.2f}x"
-            )
-    torch.set_num_threads(default_threads)
+    lines, rows = [], []
+    try:
+        for threads in thread_counts:
+            torch.set_num_threads(threads)
+            for batch, inner in CASES:
+                ours, ref = _setup(DDPMScheduler, batch), _setup(RefScheduler, batch)
+                a, b = ours(), ref()
+                assert torch.allclose(a.prev_sample, b.prev_sample, rtol=1e-5, atol=1e-6)  # same work, same noise
+                t_ours, t_ref = time_pair(ours, ref, repeats=args.repeats, warmup=3, inner=inner)
+                ratio = t_ref / t_ours
+                rows.append(
+                    {
+                        "case": f"threads{threads}_batch{batch}",
+                        "threads": threads,
+                        "batch": batch,
+                        "ours_s": t_ours,
+                        "diffusers_s": t_ref,
+                        "ours_us": t_ours * 1e6,
+                        "diffusers_us": t_ref * 1e6,
+                        "ratio": ratio,
+                    }
+                )
+                lines.append(f"| {batch} | {threads} | {t_ours * 1e6:.1f} | {t_ref * 1e6:.1f} | {ratio:.2f}x |")
+                print(
+                    f"threads {threads} batch {batch:>3}: ours {t_ours * 1e6:9.1f} us   "
+                    f"diffusers {t_ref * 1e6:9.1f} us   ratio {ratio:.2f}x",
+                    flush=True,
+                )
+    finally:
+        torch.set_num_threads(default_threads)
 
     table = "\n".join(
         [
             "| batch (3x32x32, float32) | torch threads | ours (us) | Diffusers (us) | ratio |",
             "|---|---|---|---|---|",
-            *rows,
+            *lines,
         ]
     )
     notes = (
@@ -82,16 +96,17 @@ def main(argv=None) -> dict:
         "the ratio; ours saves the remaining elementwise passes (noise scaled inside `normal_`, in-place fused "
         "updates: 6 elementwise passes instead of 9). The machine is shared, so absolute numbers vary between runs."
     )
+    return Section(NAME, "Scheduler: one DDPMScheduler.step() (CPU, float32)", table, rows, notes)
+
+
+def main(argv=None) -> list[dict]:
+    args = build_parser().parse_args(argv)
+    section = collect(args)
     if not args.no_write:
-        write_results(
-            "scheduler_step",
-            "Scheduler: one DDPMScheduler.step() (CPU, float32)",
-            table,
-            raw,
-            "python -m benchmarks.scheduler_step",
-            notes,
-        )
-    return raw
+        shown = argv if argv is not None else sys.argv[1:]
+        section.command = command_line("python -m benchmarks.scheduler_step", shown)
+        write_section(section)
+    return section.rows
 
 
 if __name__ == "__main__":

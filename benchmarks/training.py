@@ -5,7 +5,8 @@ Ours: ``ddpm.UNet2DModel`` + ``ddpm.DDPMScheduler`` + the step the trainer runs
 Diffusers: ``diffusers.UNet2DModel`` (same config, same initial weights) + ``diffusers.DDPMScheduler.add_noise``, the
 loop of Diffusers' ``train_unconditional.py`` example (``F.mse_loss(out.float(), noise.float())``, backward,
 ``clip_grad_norm_(1.0)``, Adam, ``EMAModel.step``). Same batch, precision (autocast for bf16), optimizer, seeds.
-Timed interleaved (``benchmarks._report.time_pair``). Run::
+Timed interleaved (``benchmarks._report.time_pair``); then each side's peak memory during one step is measured on
+its own (``benchmarks._report.peak_memory``). Run::
 
     .venv/bin/python -m benchmarks.training                 # CPU: 32x32, channels 32/64, batch 16, fp32
     .venv/bin/python -m benchmarks.training --device cuda   # CIFAR-10 preset (35.7M), batch 128, fp32 and bf16
@@ -22,7 +23,16 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from benchmarks._report import time_pair, write_results
+from benchmarks._report import (
+    Section,
+    command_line,
+    fmt_mib,
+    memory_method,
+    mib,
+    peak_memory,
+    time_pair,
+    write_section,
+)
 
 SMALL = dict(
     sample_size=32, in_channels=3, out_channels=3, block_out_channels=(32, 64), layers_per_block=2,
@@ -91,57 +101,88 @@ def build(config: dict, device: str, batch: int, precision: str):
     return ours_step, theirs_step
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=None, help="timed steps per side (default 7 on CPU, 20 on CUDA)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per side before timing (default 3)")
+    parser.add_argument("--batch", type=int, default=None, help="images per step (default 16 on CPU, 128 on CUDA)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory steps")
+    parser.add_argument("--no-write", action="store_true", help="print only; do not update docs/benchmarks")
+    return parser
+
+
+def collect(args: argparse.Namespace) -> Section:
+    """Time one optimisation step of both loops for every case; the section for docs/benchmarks.md."""
     if args.threads:
         torch.set_num_threads(args.threads)
     from ddpm.models.flops import unet_forward_flops
 
     if args.device == "cuda":
         if not torch.cuda.is_available():
-            print("--device cuda: no CUDA device", file=sys.stderr)
-            return 1
+            raise RuntimeError("--device cuda: no CUDA device available")
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
-        cases = [("cifar10 (35.7M)", _cifar10(), 128, "fp32"), ("cifar10 (35.7M)", _cifar10(), 128, "bf16")]
+        batch = args.batch or 128
+        cases = [("cifar10 (35.7M)", _cifar10(), batch, "fp32"), ("cifar10 (35.7M)", _cifar10(), batch, "bf16")]
         repeats = args.repeats or 20
     else:
-        cases = [("small 32x32, 32/64 ch", dict(SMALL), 16, "fp32")]
+        cases = [("small 32x32, 32/64 ch", dict(SMALL), args.batch or 16, "fp32")]
         repeats = args.repeats or 7
-    rows, raw = [], []
+    lines, rows = [], []
     for name, config, batch, precision in cases:
         ours, theirs = build(config, args.device, batch, precision)
-        t_ours, t_theirs = time_pair(ours, theirs, repeats=repeats, warmup=3, device=args.device)
+        t_ours, t_theirs = time_pair(ours, theirs, repeats=repeats, warmup=args.warmup, device=args.device)
+        peak_ours = peak_theirs = None
+        if not args.no_memory:
+            peak_ours = peak_memory(ours, args.device)
+            peak_theirs = peak_memory(theirs, args.device)
+        del ours, theirs
+        if args.device == "cuda":
+            torch.cuda.empty_cache()
         flops = 3 * unet_forward_flops(config, batch_size=1)
         entry = {
-            "model": name, "batch": batch, "precision": precision, "device": args.device,
+            "case": f"{name.split()[0]}_{precision}_batch{batch}", "model": name, "batch": batch,
+            "precision": precision, "device": args.device,
+            "ours_s": t_ours, "diffusers_s": t_theirs, "ratio": t_theirs / t_ours,
             "ours_s_per_step": t_ours, "diffusers_s_per_step": t_theirs,
             "ours_images_per_s": batch / t_ours, "diffusers_images_per_s": batch / t_theirs,
             "ours_tflops": batch / t_ours * flops / 1e12, "diffusers_tflops": batch / t_theirs * flops / 1e12,
             "train_flops_per_image": flops,
+            "ours_peak_mib": mib(peak_ours), "diffusers_peak_mib": mib(peak_theirs),
         }  # fmt: skip
-        raw.append(entry)
-        rows.append(
+        rows.append(entry)
+        lines.append(
             f"| {name} | {args.device} | {batch} | {precision} | {entry['ours_images_per_s']:.1f} | "
-            f"{entry['diffusers_images_per_s']:.1f} | {t_theirs / t_ours:.2f} | {entry['ours_tflops']:.3f} | "
-            f"{entry['diffusers_tflops']:.3f} |"
+            f"{entry['diffusers_images_per_s']:.1f} | {entry['ratio']:.2f} | {entry['ours_tflops']:.3f} | "
+            f"{entry['diffusers_tflops']:.3f} | {fmt_mib(peak_ours)} | {fmt_mib(peak_theirs)} |"
         )
-        print(rows[-1], flush=True)
+        print(lines[-1], flush=True)
     table = (
         "| model | device | batch | precision | ours img/s | Diffusers img/s | ratio | ours TFLOP/s "
-        "| Diffusers TFLOP/s |\n"
-        "|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows)
+        "| Diffusers TFLOP/s | ours peak (MiB) | Diffusers peak (MiB) |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(lines)
     )
     notes = (
-        "One optimisation step each (loss, backward, clip 1.0, Adam, EMA 0.9999), same initial weights, same batch. "
+        "One optimisation step each (loss, backward, clip 1.0, Adam, EMA 0.9999), same initial weights, same batch; "
+        f"median of {repeats} interleaved steps after {args.warmup} warm-up step(s). "
         "TFLOP/s counts 3x the forward FLOPs per image (`ddpm.models.flops`)."
     )
-    command = "python -m benchmarks.training" + (" --device cuda" if args.device == "cuda" else "")
-    write_results("training" if args.device == "cpu" else "training_cuda", "Training speed", table, raw, command, notes)
+    if not args.no_memory:
+        notes += f" Peak memory: one step per side, measured separately after the timing: {memory_method(args.device)}."
+    return Section("training" if args.device == "cpu" else "training_cuda", "Training speed", table, rows, notes)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("--device cuda: no CUDA device", file=sys.stderr)
+        return 1
+    section = collect(args)
+    if not args.no_write:
+        section.command = command_line("python -m benchmarks.training", argv if argv is not None else sys.argv[1:])
+        write_section(section)
     return 0
 
 

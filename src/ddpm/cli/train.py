@@ -112,6 +112,10 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "--gradient-checkpointing", action=_Bool, default=defaults.gradient_checkpointing, help="save memory"
     )
+    p.add_argument(
+        "--compile", action=_Bool, default=defaults.compile,
+        help="torch.compile the UNet for training (a one-off compilation; see docs/benchmarks.md for what it pays)",
+    )  # fmt: skip
     p.add_argument("--resume", action="store_true", help="continue from the newest intact checkpoint in --output-dir")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config as JSON and exit")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -123,7 +127,7 @@ def resolve_from_args(args):
 
     given = set(getattr(args, "_explicit", set()))
     overrides = {dest: getattr(args, dest) for dest, _, _ in _OPTIONS if dest in given}
-    for dest in ("hflip", "ema_warmup", "gradient_checkpointing"):
+    for dest in ("hflip", "ema_warmup", "gradient_checkpointing", "compile"):
         if dest in given:
             overrides[dest] = getattr(args, dest)
     overrides["output_dir"] = args.output_dir

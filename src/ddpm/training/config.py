@@ -85,6 +85,7 @@ class TrainConfig:
     dropout: float = 0.1
     vlb_weight: float = 0.001  # lambda of the hybrid loss (learned variance only; improved DDPM)
     gradient_checkpointing: bool = False
+    compile: bool = False  # torch.compile the training forward/backward (same results up to float rounding)
     # Optimisation
     batch_size: int = 128  # global batch, split across processes
     lr: float = 2e-4

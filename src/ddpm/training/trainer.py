@@ -350,6 +350,9 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel
 
             train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if cfg.compile:
+            # Compiles on the first step; the plain `model` stays what is checkpointed, averaged and exported.
+            train_model = torch.compile(train_model)
 
         autocast_dtype = _AUTOCAST[cfg.precision]
         B, C, R = cfg.batch_size, cfg.channels, cfg.resolution

@@ -10,7 +10,8 @@ Runs, in this order, the ``collect`` of each benchmark module (each also runs al
 * ``scheduler_step``: one ``DDPMScheduler.step()`` at batch 1 and 64;
 * ``unet_forward``: one forward of the CIFAR-10 UNet (CPU: batch 1, 16; CUDA: 1, 64, 256 in float32 and bfloat16);
 * ``sampling``: whole ``DDPMPipeline`` runs, images/s and peak memory at batch 1, 16, 64 and 256 (CPU: the small
-  UNet, 50 steps at batch 1 and 16, 10 at 64 and 256; CUDA: the CIFAR-10 UNet, 100 steps; ``--steps`` for all);
+  UNet, 50 steps at batch 1 and 16, 10 at 64 and 256, each as our defaults, the NCHW reference path and
+  compiled; CUDA: the CIFAR-10 UNet, 100 steps; ``--steps`` for all);
 * ``training``: one optimisation step, images/s and peak memory.
 
 Every row has medians of interleaved repetitions of both sides and ratio = Diffusers time / our time. The results
@@ -59,11 +60,11 @@ def benchmark_argv(name: str, args: argparse.Namespace) -> list[str]:
         if args.quick:
             argv += ["--batches", "1", "--repeats", "1", "--warmup", "0"]  # the correctness call warms both up
     elif name == "sampling":
-        argv = ["--device", args.device, "--no-channels-last"]
+        argv = ["--device", args.device]
         if args.quick:
             argv += ["--batch-sizes", "1", "2", "--steps", "2", "--repeats", "1", "--warmup", "0"]
         else:
-            argv += ["--batch-sizes", "1", "16", "64", "256"]
+            argv += ["--batch-sizes", "1", "16", "64", "256", "--variants", "ours", "nchw", "compiled"]
             if cuda:
                 argv += ["--steps", "100"]
             else:  # keeps the CPU suite at about 10 min of sampling on 2 cores with 1 thread

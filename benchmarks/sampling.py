@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 import numpy as np
 import torch
@@ -67,6 +68,27 @@ CIFAR10 = dict(
 )
 
 
+VARIANTS = ("ours", "nchw", "compiled", "bfloat16")
+LABELS = {"ours": "ours", "nchw": "ours, NCHW", "compiled": "ours, compiled", "bfloat16": "ours, bfloat16"}
+
+
+def variant(ours, name: str):
+    """A pipeline sharing nothing mutable with ``ours`` set up as variant ``name`` (see ``--variants``)."""
+    import copy
+
+    import ddpm
+
+    pipe = ddpm.DDPMPipeline(copy.deepcopy(ours.unet), ours.scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    if name == "nchw":
+        pipe.cpu_channels_last = False
+    elif name == "compiled":
+        pipe.compile()
+    elif name == "bfloat16":
+        pipe.to(torch.bfloat16)
+    return pipe
+
+
 def build(config: dict, device: str, variance_type: str):
     import diffusers
 
@@ -108,7 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs per side before timing (default 1)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument(
-        "--no-channels-last", action="store_true", help="skip the pipe.to(memory_format=channels_last) variant"
+        "--variants",
+        nargs="+",
+        default=["ours"],
+        choices=VARIANTS,
+        help="our pipelines to time against Diffusers: ours (the defaults: channels-last on CPU), nchw (the plain "
+        "NCHW path, cpu_channels_last=False), compiled (pipe.compile(); compilation untimed, reported), bfloat16",
     )
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     parser.add_argument("--no-write", action="store_true", help="print only; do not update docs/benchmarks")
@@ -128,15 +155,7 @@ def collect(args: argparse.Namespace) -> Section:
     batch_sizes = args.batch_sizes or ([1, 64, 256] if cuda else [1, 16])
     ours, theirs = build(config, args.device, "fixed_large")
 
-    variants = [("ours", ours)]
-    if not args.no_channels_last:
-        import copy
-
-        import ddpm
-
-        ours_cl = ddpm.DDPMPipeline(copy.deepcopy(ours.unet), ours.scheduler).to(memory_format=torch.channels_last)
-        ours_cl.set_progress_bar_config(disable=True)
-        variants.append(("ours, channels_last", ours_cl))
+    variants = [(LABELS[v], ours if v == "ours" else variant(ours, v), v) for v in dict.fromkeys(args.variants)]
 
     lines, rows = [], []
     for batch in batch_sizes:
@@ -152,8 +171,10 @@ def collect(args: argparse.Namespace) -> Section:
 
         reference = run(theirs)
         peak_theirs = None
-        for label, pipe in variants:
+        for label, pipe, kind in variants:
+            t0 = time.perf_counter()
             max_diff = float(np.abs(run(pipe) - reference).max())
+            first_s = time.perf_counter() - t0  # includes the compilation for "compiled"
             t_ours, t_theirs = time_pair(
                 lambda pipe=pipe: run(pipe),
                 lambda: run(theirs),
@@ -174,7 +195,8 @@ def collect(args: argparse.Namespace) -> Section:
                     "device": args.device,
                     "model": name,
                     "variant": label,
-                    "dtype": "float32",
+                    "dtype": "bfloat16" if kind == "bfloat16" else "float32",
+                    "first_call_s": first_s,
                     "steps": steps,
                     "batch_size": batch,
                     "ours_s": t_ours,
@@ -208,8 +230,12 @@ def collect(args: argparse.Namespace) -> Section:
     )
     if not args.no_memory:
         notes += f" Peak memory: one run per side, measured separately after the timing: {memory_method(args.device)}."
-    if not args.no_channels_last:
-        notes += " `ours, channels_last`: the same pipeline after `pipe.to(memory_format=torch.channels_last)`."
+    notes += (
+        " `ours`: the defaults (on CPU the pipeline runs the UNet channels-last); `ours, NCHW`: "
+        "`pipe.cpu_channels_last = False`, the plain reference path; `ours, compiled`: `pipe.compile()` (frozen "
+        "weights on CPU), timed after its compilation, whose cost is `first_call_s` in the JSON; `ours, bfloat16`: "
+        "`pipe.to(torch.bfloat16)` (max abs diff then measures the precision loss, not a bug)."
+    )
     return Section(f"sampling-{args.device}", f"Sampling ({args.device})", table, rows, notes)
 
 

@@ -352,7 +352,7 @@ class Trainer:
             train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         if cfg.compile:
             # Compiles on the first step; the plain `model` stays what is checkpointed, averaged and exported.
-            train_model = torch.compile(train_model)
+            train_model = torch.compile(train_model, dynamic=False)  # fixed shapes: one graph, no symbolic sizes
 
         autocast_dtype = _AUTOCAST[cfg.precision]
         B, C, R = cfg.batch_size, cfg.channels, cfg.resolution

@@ -25,7 +25,7 @@ from torch.nn import functional as F
 
 from ..config import register_to_config
 from ..outputs import BaseOutput
-from .blocks import DownBlock2D, UNetMidBlock2D, UpBlock2D
+from .blocks import Conv2d, DownBlock2D, UNetMidBlock2D, UpBlock2D
 from .embeddings import TimestepEmbedding, Timesteps
 from .modeling import ModelMixin
 
@@ -133,7 +133,7 @@ class UNet2DModel(ModelMixin):
         time_embed_dim = time_embedding_dim or channels[0] * 4
         self._center_input_sample = bool(center_input_sample)
 
-        self.conv_in = nn.Conv2d(in_channels, channels[0], kernel_size=3, padding=(1, 1))
+        self.conv_in = Conv2d(in_channels, channels[0], kernel_size=3, padding=(1, 1))
         self.time_proj = Timesteps(channels[0], flip_sin_to_cos, freq_shift)
         self.time_embedding = TimestepEmbedding(channels[0], time_embed_dim)
         self.class_embedding = None
@@ -197,7 +197,7 @@ class UNet2DModel(ModelMixin):
 
         self.conv_norm_out = nn.GroupNorm(num_groups=norm_num_groups, num_channels=channels[0], eps=norm_eps)
         self.conv_act = nn.SiLU()
-        self.conv_out = nn.Conv2d(channels[0], out_channels, kernel_size=3, padding=1)
+        self.conv_out = Conv2d(channels[0], out_channels, kernel_size=3, padding=1)
 
     def _timesteps(self, timestep, batch: int, device: torch.device) -> torch.Tensor:
         if not torch.is_tensor(timestep):

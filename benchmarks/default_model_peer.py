@@ -20,6 +20,10 @@ CPU thread)::
     .venv/bin/python -m benchmarks.default_model_peer --output-dir runs/peer --threads 1
     ddpm eval generate --model runs/peer/pipeline --num-samples 2000 --num-inference-steps 250 --out peer.npz
     ddpm eval fid peer.npz fashion-mnist@test --ref-stats fmnist_test.npz
+
+``--compare OURS.npz PEER.npz --ref-stats S.npz`` then scores both sample sets once more from one feature pass each:
+the FID of each whole set and of each half (images 0..n/2-1 and n/2..n-1), so the gap between the two models can be
+read against the gap between two halves of one model's samples (the sampling noise of FID at that size).
 """
 
 from __future__ import annotations
@@ -33,9 +37,36 @@ import torch
 import torch.nn.functional as F
 
 
+def compare(paths: list[str], ref_stats: str) -> dict:
+    """FID of each sample set (uint8 NHWC ``images`` in an .npz) and of its two halves against ``ref_stats``."""
+    import numpy as np
+
+    from ddpm.evaluation.fid import FeatureStatistics, compute_statistics, fid_from_statistics
+    from ddpm.evaluation.inception import InceptionFeatureExtractor
+
+    ref = FeatureStatistics.load(ref_stats)
+    extractor = InceptionFeatureExtractor()
+    result = {}
+    for path in paths:
+        with np.load(path) as data:
+            images = data["images"]
+        features = extractor(images)
+        half = len(features) // 2
+        result[path] = {
+            "n": len(features),
+            "fid": fid_from_statistics(compute_statistics(features), ref),
+            "fid_first_half": fid_from_statistics(compute_statistics(features[:half]), ref),
+            "fid_second_half": fid_from_statistics(compute_statistics(features[half:]), ref),
+        }
+        print(json.dumps({path: result[path]}), flush=True)
+    return result
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output-dir", required=True, help="where the pipeline folder and metrics.jsonl go")
+    parser.add_argument("--compare", nargs=2, metavar=("OURS", "PEER"), help="score two sample .npz files (see above)")
+    parser.add_argument("--ref-stats", help="reference statistics .npz for --compare")
+    parser.add_argument("--output-dir", help="where the pipeline folder and metrics.jsonl go")
     parser.add_argument("--preset", default="fashion-mnist-default", help="the preset whose architecture is trained")
     parser.add_argument("--data", default="fashion-mnist", help="data source (as for ddpm train --data)")
     parser.add_argument("--max-steps", type=int, default=None, help="default: the preset's max_steps")
@@ -47,6 +78,13 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.compare:
+        if not args.ref_stats:
+            parser.error("--compare needs --ref-stats")
+        compare(args.compare, args.ref_stats)
+        return 0
+    if not args.output_dir:
+        parser.error("--output-dir is required to train")
 
     import diffusers
     from diffusers.optimization import get_scheduler

@@ -23,10 +23,11 @@ def _one_thread():
 
 
 def attention_unet(seed: int = 0) -> ddpm.UNet2DModel:
-    """Two levels with attention at 8x8: every kind of layer the fast paths touch."""
+    """Two levels with attention at 8x8: every kind of layer the fast paths touch (at batch 1 the 16-channel 16x16
+    convolutions take the oneDNN route of ``ddpm.models.blocks.Conv2d``)."""
     torch.manual_seed(seed)
     unet = ddpm.UNet2DModel(
-        sample_size=16, in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
+        sample_size=16, in_channels=3, out_channels=3, block_out_channels=(16, 32), layers_per_block=1,
         down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
         norm_num_groups=4, attention_head_dim=None, downsample_padding=0, flip_sin_to_cos=False, freq_shift=1,
     ).eval()  # fmt: skip
@@ -86,6 +87,9 @@ def test_compiled_pipeline_gives_the_same_images(freeze):
     pipe.set_progress_bar_config(disable=True)
     assert pipe.is_compiled
     assert (sample(pipe) - expected).abs().max().item() <= TOL
+    # Batch 1 too: eager sends its convolutions to oneDNN directly, the compiled graph must not.
+    expected_one = sample(reference_pipeline(unet), batch=1)
+    assert (sample(pipe, batch=1) - expected_one).abs().max().item() <= TOL
     assert isinstance(pipe.unet, ddpm.UNet2DModel)  # the component stays the plain module
 
 

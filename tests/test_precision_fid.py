@@ -53,6 +53,7 @@ def test_bfloat16_fid_is_within_the_float32_noise(tmp_path):
         }
     finally:
         torch.set_num_threads(threads)
+    print(f"FID against {N} test images, {N} samples, {STEPS} steps: {scores}")
     # The same noise in both precisions: the images differ, but not by much.
     diff = np.abs(fp32_images.astype(int) - bf16_images.astype(int))
     assert 0 < diff.mean() < 8

@@ -51,12 +51,17 @@ def _copy(pipe, **settings):
     return new
 
 
-def _sampler(pipe, batch: int, steps: int):
+def _sampler(pipe, batch: int, steps: int, onednn: bool = True):
+    from ddpm.models.blocks import Conv2d
     from ddpm.pipeline import image_generators
 
     def run():
-        gens = image_generators(0, range(batch))
-        return pipe(batch_size=batch, generator=gens, num_inference_steps=steps, output_type="pt").images
+        Conv2d.onednn_single_image = onednn
+        try:
+            gens = image_generators(0, range(batch))
+            return pipe(batch_size=batch, generator=gens, num_inference_steps=steps, output_type="pt").images
+        finally:
+            Conv2d.onednn_single_image = True
 
     return run
 
@@ -74,18 +79,24 @@ def sampling_rows(args) -> list[dict]:
         steps = args.steps
         what = f"sampling, {'default model' if model == 'default' else 'small UNet'}, batch {batch}, {steps} steps"
         cases = [
+            ("oneDNN for single-image 3x3 convolutions (UNet default)", dict(onednn=False), {}),
             ("channels-last weights (pipeline default on CPU)", dict(nchw=True), {}),
             ("torch.compile, frozen weights", {}, dict(compile=True)),
             ("bfloat16", {}, dict(dtype=torch.bfloat16)),
         ]
         for name, before_kw, after_kw in cases:
+            if "onednn" in before_kw and batch > 1:
+                continue  # the route only exists for single images
             before, after = _copy(base, **before_kw), _copy(base, **after_kw)
-            run_before, run_after = _sampler(before, batch, steps), _sampler(after, batch, steps)
+            run_before = _sampler(before, batch, steps, onednn=before_kw.get("onednn", True))
+            run_after = _sampler(after, batch, steps)
             _, ref = _first_call(run_before)
             first_after, out = _first_call(run_after)
             diff = float((out.float() - ref.float()).abs().max())
             t_before, t_after = time_pair(run_before, run_after, repeats=args.repeats, warmup=1)
-            row = _row(what, name, "eager NCHW" if before_kw else "defaults", t_before, t_after, diff)
+            against = {"nchw": "eager NCHW", "onednn": "PyTorch's kernel choice"}
+            row = _row(what, name, next((v for k, v in against.items() if k in before_kw), "defaults"), t_before,
+                       t_after, diff)  # fmt: skip
             if after_kw.get("compile"):
                 compile_s = max(first_after - t_after, 0.0)
                 saved = (t_before - t_after) / (batch * steps)

@@ -34,9 +34,13 @@ class Conv2d(nn.Conv2d):
     float rounding; training and other devices and dtypes take the usual path.
     """
 
+    #: Set to False (on the class or an instance) to leave every convolution to PyTorch's own choice.
+    onednn_single_image: bool = True
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (
-            x.device.type == "cpu"
+            self.onednn_single_image
+            and x.device.type == "cpu"
             and x.dtype == torch.float32
             and x.dim() == 4
             and x.shape[0] == 1

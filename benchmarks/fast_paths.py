@@ -14,7 +14,6 @@ The compile row also gives the break-even point that ``ddpm sample --compile aut
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 import time
 
@@ -38,17 +37,11 @@ def _pipeline(kind: str):
 
 
 def _copy(pipe, **settings):
-    import ddpm
+    """A private copy of ``pipe`` set up as the variant the settings name (``benchmarks.sampling.variant``)."""
+    from benchmarks.sampling import variant
 
-    new = ddpm.DDPMPipeline(copy.deepcopy(pipe.unet), pipe.scheduler)
-    new.set_progress_bar_config(disable=True)
-    if settings.get("nchw"):
-        new.cpu_channels_last = False
-    if settings.get("compile"):
-        new.compile()
-    if settings.get("dtype"):
-        new.to(settings["dtype"])
-    return new
+    names = {"nchw": "nchw", "compile": "compiled", "dtype": "bfloat16"}
+    return variant(pipe, next((names[k] for k in settings if k in names), "ours"))
 
 
 def _sampler(pipe, batch: int, steps: int, onednn: bool = True):

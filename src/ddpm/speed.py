@@ -66,11 +66,8 @@ class SpeedPlan:
         return ", ".join(parts)
 
 
-def plan(
-    device: torch.device, num_images: int, batch_size: int, steps: int, channels_last: str = "auto",
-    compile: str = "auto",
-) -> SpeedPlan:  # fmt: skip
-    """Resolve ``auto`` for a run of ``num_images`` in batches of ``batch_size`` with ``steps`` steps on ``device``."""
+def plan(device: torch.device, channels_last: str = "auto", compile: str = "auto") -> SpeedPlan:
+    """Resolve ``auto`` for a sampling run on ``device``."""
     for name, value in (("channels_last", channels_last), ("compile", compile)):
         if value not in SWITCH:
             raise ValueError(f"{name} must be one of {SWITCH}, got {value!r}")

@@ -396,7 +396,7 @@ def run_generate(args) -> int:
     import torch.distributed as dist
 
     from ddpm import speed as ddpm_speed
-    from ddpm.evaluation.generate import default_num_inference_steps, generate_to_npz, shard_range
+    from ddpm.evaluation.generate import generate_to_npz
 
     if args.num_samples < 1 or args.batch_size < 1 or args.seed < 0:
         print("ddpm eval generate: --num-samples and --batch-size must be >= 1, --seed >= 0", file=sys.stderr)
@@ -412,10 +412,7 @@ def run_generate(args) -> int:
     try:
         start = time.perf_counter()
         pipeline = _load(args)
-        steps = args.num_inference_steps or default_num_inference_steps(pipeline)
-        rank, world = (dist.get_rank(), dist.get_world_size()) if initialised else (0, 1)
-        own = len(shard_range(args.num_samples, rank, world))
-        speed = ddpm_speed.plan(pipeline.device, own, args.batch_size, steps, args.channels_last, args.compile)
+        speed = ddpm_speed.plan(pipeline.device, args.channels_last, args.compile)
         ddpm_speed.apply(pipeline, pipeline.device, speed)
         out = generate_to_npz(
             pipeline,

@@ -127,7 +127,7 @@ def _run(args: argparse.Namespace) -> int:
     steps = args.steps or pipe.recommended_num_inference_steps or min(1000, num_train)
     if steps > num_train:
         raise _UsageError(f"--steps must be <= {num_train} (the model's num_train_timesteps), got {steps}")
-    speed = ddpm_speed.plan(device, args.num_images, args.batch_size, steps, args.channels_last, args.compile)
+    speed = ddpm_speed.plan(device, args.channels_last, args.compile)
     ddpm_speed.apply(pipe, device, speed)
 
     out = Path(args.out)

@@ -1,6 +1,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -104,6 +105,34 @@ def test_bad_values_are_named(tmp_path):
         resolve_config(bad)
     with pytest.raises(ConfigError, match="prediction_type"):
         resolve_config(scheduler={"prediction_type": "x"})
+    with pytest.raises(ConfigError, match=r"lr_schedule='step'.*constant, cosine, linear"):
+        resolve_config(lr_schedule="step")
+
+
+@pytest.mark.parametrize("kind", ["cosine", "linear"])
+def test_decaying_lr_follows_diffusers_after_the_warm_up(kind):
+    """After the warm-up, lr_schedule cosine/linear is Diffusers' get_scheduler(kind) at the same optimiser step."""
+    optimization = pytest.importorskip("diffusers.optimization")
+    from ddpm.training.trainer import learning_rate
+
+    cfg = resolve_config(lr=5e-4, warmup_steps=50, max_steps=400, lr_schedule=kind)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    ref = optimization.get_scheduler(kind, optimizer=opt, num_warmup_steps=50, num_training_steps=400)
+    theirs = []
+    for _ in range(400):
+        theirs.append(ref.get_last_lr()[0])  # the LR Diffusers' loop uses for this update
+        opt.step()
+        ref.step()
+    ours = [learning_rate(cfg, s) for s in range(400)]
+    np.testing.assert_allclose(ours[50:], theirs[50:], rtol=1e-9, atol=1e-12)
+    # the warm-up is ours (the first update already moves: (s+1)/warmup) and ends at the full rate
+    assert ours[0] == pytest.approx(5e-4 / 50) and ours[49] == pytest.approx(5e-4)
+    # closed form: half-way through the decay, and the last update is small but not zero
+    assert ours[225] == pytest.approx(5e-4 * 0.5)
+    assert 0 < ours[399] < 5e-4 * 1e-3 * (100 if kind == "linear" else 1)
+    assert all(a >= b for a, b in zip(ours[50:], ours[51:], strict=False))
+    constant = resolve_config(lr=5e-4, warmup_steps=50, max_steps=400)
+    assert [learning_rate(constant, s) for s in range(50, 400)] == [5e-4] * 350
 
 
 def test_cli_help_dry_run_and_precedence(capsys, tmp_path):

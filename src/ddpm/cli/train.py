@@ -48,6 +48,7 @@ _OPTIONS = [
     ("batch_size", int, "global batch size (split across processes)"),
     ("lr", float, "Adam learning rate"),
     ("warmup_steps", int, "linear learning-rate warm-up steps"),
+    ("lr_schedule", str, "after the warm-up: constant (the paper), or cosine / linear decay to 0 at --max-steps"),
     ("grad_clip", float, "clip the global gradient norm to this (0: no clipping)"),
     ("ema_decay", float, "decay of the exponential moving average of the weights"),
     ("dropout", float, "UNet dropout"),
@@ -68,7 +69,7 @@ _OPTIONS = [
 
 def add_parser(subparsers) -> None:
     from ddpm.cli import HelpFormatter
-    from ddpm.training.config import PRECISIONS, TrainConfig
+    from ddpm.training.config import LR_SCHEDULES, PRECISIONS, TrainConfig
 
     defaults = TrainConfig()
     p = subparsers.add_parser(
@@ -88,7 +89,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--model-config", action=_Store, default=None, metavar="FILE", help="UNet config.json (Diffusers)")
     p.add_argument("--output-dir", action=_Store, default=defaults.output_dir, help="run folder")
     for dest, typ, text in _OPTIONS:
-        kwargs = {"choices": PRECISIONS} if dest == "precision" else {}
+        choices = {"precision": PRECISIONS, "lr_schedule": LR_SCHEDULES}
+        kwargs = {"choices": choices[dest]} if dest in choices else {}
         p.add_argument(
             "--" + dest.replace("_", "-"), dest=dest, action=_Store, type=typ, default=getattr(defaults, dest),
             help=text, **kwargs,

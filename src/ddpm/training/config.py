@@ -23,6 +23,7 @@ PRESET_DIR = Path(__file__).resolve().parent / "presets"
 REPO_CONFIGS = Path(__file__).resolve().parents[3] / "configs"
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+LR_SCHEDULES = ("constant", "cosine", "linear")
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range")
 LEARNED_VARIANCE_TYPES = ("learned", "learned_range")
@@ -93,6 +94,7 @@ class TrainConfig:
     adam_beta2: float = 0.999
     adam_eps: float = 1e-8
     warmup_steps: int = 5000  # linear LR warm-up
+    lr_schedule: str = "constant"  # after the warm-up: constant (the paper), cosine or linear decay to 0 at max_steps
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
     ema_decay: float = 0.9999
     ema_warmup: bool = False  # decay = min(ema_decay, 1 - (1 + step/inv_gamma)^-power), as Diffusers' EMAModel
@@ -180,6 +182,7 @@ class TrainConfig:
         need(self.batch_size >= 1, "batch_size", "a positive integer")
         need(self.lr > 0, "lr", "> 0")
         need(self.warmup_steps >= 0, "warmup_steps", ">= 0")
+        need(self.lr_schedule in LR_SCHEDULES, "lr_schedule", f"one of {', '.join(LR_SCHEDULES)}")
         need(self.grad_clip >= 0, "grad_clip", ">= 0 (0 disables clipping)")
         need(0.0 <= self.ema_decay < 1.0, "ema_decay", "in [0, 1)")
         need(self.ema_inv_gamma > 0, "ema_inv_gamma", "> 0")

@@ -7,7 +7,7 @@ One step (``step`` counts completed optimiser updates, 0-based):
 2. timesteps ``t ~ U{0..T-1}``, noise ``eps ~ N(0, I)`` and flips are drawn for the *global* batch from the run's own
    generator, and each process takes its slice, so N processes see exactly the noise one process would;
 3. loss (:mod:`ddpm.training.losses`), backward (scaled in fp16), gradient clipping by global norm, Adam with the
-   learning rate ``lr * min(1, (step + 1) / warmup_steps)``, then the EMA update.
+   learning rate of :func:`learning_rate` (linear warm-up, then constant or decaying), then the EMA update.
 
 Every ``checkpoint_every`` steps (and at the end) rank 0 writes a checkpoint holding everything needed to continue
 bit for bit (see :mod:`ddpm.training.checkpoint`) and re-exports ``pipeline/`` with the EMA weights. A NaN or infinite
@@ -68,11 +68,37 @@ class TrainResult:
     resumed_from: Path | None = None
 
 
+# options a resume may change (with a warning that the run is no longer an exact continuation)
+_RESUME_WARN_KEYS = (
+    "batch_size",
+    "seed",
+    "lr",
+    "warmup_steps",
+    "lr_schedule",
+    "grad_clip",
+    "ema_decay",
+    "precision",
+    "hflip",
+)
+
+
 def learning_rate(cfg: TrainConfig, step: int) -> float:
-    """LR of the update that turns ``step`` completed updates into ``step + 1``: linear warm-up, then constant."""
-    if cfg.warmup_steps <= 0:
-        return cfg.lr
-    return cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps)
+    """LR of the update that turns ``step`` completed updates into ``step + 1``.
+
+    Linear warm-up ``lr * min(1, (step + 1) / warmup_steps)``; after it, ``lr_schedule`` "constant" keeps ``lr`` (the
+    paper), "cosine" multiplies by ``(1 + cos(pi * p)) / 2`` and "linear" by ``1 - p``, where
+    ``p = (step - warmup_steps) / (max_steps - warmup_steps)`` runs from 0 at the end of the warm-up towards 1 at
+    ``max_steps`` (the shape of Diffusers' ``get_scheduler("cosine" | "linear")``).
+    """
+    warm = 1.0 if cfg.warmup_steps <= 0 else min(1.0, (step + 1) / cfg.warmup_steps)
+    if cfg.lr_schedule == "constant" or step < cfg.warmup_steps:
+        return cfg.lr * warm
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    if cfg.lr_schedule == "cosine":
+        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+    if cfg.lr_schedule == "linear":
+        return cfg.lr * (1.0 - progress)
+    raise ValueError(f"unknown lr_schedule {cfg.lr_schedule!r}: must be constant, cosine or linear")
 
 
 def _seed_everything(seed: int) -> None:
@@ -460,7 +486,12 @@ class Trainer:
             "ema": ema.state_dict() if ema is not None else None,
             "optimizer": optimizer.state_dict(),
             "scaler": scaler.state_dict(),
-            "lr_schedule": {"kind": "linear_warmup_constant", "lr": self.cfg.lr, "warmup_steps": self.cfg.warmup_steps},
+            "lr_schedule": {
+                "kind": f"linear_warmup_{self.cfg.lr_schedule}",
+                "lr": self.cfg.lr,
+                "warmup_steps": self.cfg.warmup_steps,
+                "max_steps": self.cfg.max_steps,
+            },
             "data_order": order.state_dict(step),
             "rng": {"world_size": info.world_size, "ranks": rng},
         }
@@ -493,9 +524,12 @@ class Trainer:
                     f"{getattr(self.cfg, key)!r}"
                 )
         changed = [
-            k for k in ("batch_size", "seed", "lr", "warmup_steps", "grad_clip", "ema_decay", "precision", "hflip")
+            k for k in _RESUME_WARN_KEYS
             if k in saved_cfg and saved_cfg[k] != current[k]
         ]  # fmt: skip
+        saved_max = saved_cfg.get("max_steps", current["max_steps"])
+        if current["lr_schedule"] != "constant" and saved_max != current["max_steps"]:
+            changed.append("max_steps")  # a decaying schedule is a function of max_steps
         if changed and info.is_main:
             warnings.warn(
                 "resuming with changed options " + ", ".join(f"{k}: {saved_cfg[k]!r} -> {getattr(self.cfg, k)!r}"

@@ -94,7 +94,8 @@ def collect(args: argparse.Namespace) -> Section:
         "tensors per call and searches the schedule with `nonzero()`. At batch 64 the standard-normal draw "
         "(bit-identical in both, a single-threaded Mersenne Twister, ~0.5 ms here) is most of the time and bounds "
         "the ratio; ours saves the remaining elementwise passes (noise scaled inside `normal_`, in-place fused "
-        "updates: 6 elementwise passes instead of 9). The machine is shared, so absolute numbers vary between runs."
+        "updates: 6 elementwise passes instead of 9). Absolute CPU times depend on the machine and its load; the "
+        "ratios are what carries over."
     )
     return Section(NAME, "Scheduler: one DDPMScheduler.step() (CPU, float32)", table, rows, notes)
 

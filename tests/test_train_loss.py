@@ -91,3 +91,41 @@ def test_channel_mismatch_is_reported_and_compute_loss_runs_the_model():
 
     terms = compute_loss(Oracle(), s, x0, noise, t)
     torch.testing.assert_close(terms["mse"], torch.zeros(6))
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
+def test_min_snr_weighting_is_the_clipped_snr_times_the_x0_error(prediction_type):
+    """Min-SNR-gamma: in every parameterisation the weighted loss is min(SNR_t, gamma) * ||x0_hat - x0||^2."""
+    gamma = 5.0
+    s = _scheduler(prediction_type=prediction_type)
+    x0, noise, t = _batch()
+    x_t = s.add_noise(x0, noise, t).double()
+    abar = s.alphas_cumprod.double()[t].view(-1, 1, 1, 1)
+    x0_hat = x0.double() + 0.1 * torch.randn(x0.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    eps_hat = (x_t - abar.sqrt() * x0_hat) / (1 - abar).sqrt()  # the prediction consistent with x_t and x0_hat
+    v_hat = abar.sqrt() * eps_hat - (1 - abar).sqrt() * x0_hat
+    output = {"epsilon": eps_hat, "sample": x0_hat, "v_prediction": v_hat}[prediction_type].float()
+    terms = diffusion_loss(output, s, x0, x_t.float(), noise, t, snr_gamma=gamma)
+    snr = (abar / (1 - abar)).flatten()
+    expected = snr.clamp(max=gamma) * ((x0_hat - x0.double()) ** 2).mean(dim=(1, 2, 3))
+    torch.testing.assert_close(terms["loss"].double(), expected, rtol=2e-3, atol=1e-6)
+    # the logged mse stays the unweighted error of the parameterisation, and gamma = 0 is the paper's L_simple
+    plain = diffusion_loss(output, s, x0, x_t.float(), noise, t)
+    torch.testing.assert_close(terms["mse"], plain["mse"])
+    torch.testing.assert_close(plain["loss"], plain["mse"])
+    # the noisy timesteps (SNR < gamma) keep weight 1 under epsilon prediction; the clean ones are down-weighted
+    if prediction_type == "epsilon":
+        w = terms["loss"] / plain["mse"]
+        torch.testing.assert_close(w[snr < gamma].double(), torch.ones(int((snr < gamma).sum()), dtype=torch.float64))
+        assert (w[snr > gamma] < 1).all() and w[0] < 1e-3
+
+
+def test_min_snr_gamma_is_validated():
+    from ddpm.training.config import ConfigError, resolve_config
+
+    with pytest.raises(ConfigError, match=r"snr_gamma=-1.*>= 0"):
+        resolve_config(snr_gamma=-1)
+    with pytest.raises(ValueError, match="snr_gamma must be > 0"):
+        from ddpm.training.losses import min_snr_weights
+
+        min_snr_weights(_scheduler(), torch.tensor([0]), 0.0)

@@ -64,6 +64,7 @@ _OPTIONS = [
     ("log_every", int, "append to metrics.jsonl every N steps"),
     ("device", str, "auto, cpu, cuda or cuda:N (under torchrun: the local rank's GPU)"),
     ("vlb_weight", float, "lambda of the hybrid loss L_simple + lambda*L_vlb (learned variance only)"),
+    ("snr_gamma", float, "Min-SNR-gamma loss weighting (Hang et al. 2023), e.g. 5; 0: unweighted L_simple (the paper)"),
 ]
 
 

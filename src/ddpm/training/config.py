@@ -85,6 +85,7 @@ class TrainConfig:
     scheduler: dict = field(default_factory=default_scheduler)  # DDPMScheduler config keys
     dropout: float = 0.1
     vlb_weight: float = 0.001  # lambda of the hybrid loss (learned variance only; improved DDPM)
+    snr_gamma: float = 0.0  # > 0: Min-SNR-gamma weighting of the L_simple term (Hang et al. 2023); 0: the paper's
     gradient_checkpointing: bool = False
     compile: bool = False  # torch.compile the training forward/backward (same results up to float rounding)
     # Optimisation
@@ -179,6 +180,7 @@ class TrainConfig:
         need(self.num_workers >= 0, "num_workers", ">= 0")
         need(0.0 <= self.dropout < 1.0, "dropout", "in [0, 1)")
         need(self.vlb_weight >= 0, "vlb_weight", ">= 0")
+        need(self.snr_gamma >= 0, "snr_gamma", ">= 0 (0: unweighted L_simple, as the paper)")
         need(self.batch_size >= 1, "batch_size", "a positive integer")
         need(self.lr > 0, "lr", "> 0")
         need(self.warmup_steps >= 0, "warmup_steps", ">= 0")

@@ -5,7 +5,12 @@ Notation (index convention: t runs 0..T-1; the paper's t is ours + 1):
 * ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps`` (paper eq. 4, ``scheduler.add_noise``).
 * L_simple (paper eq. 14): the mean over pixels of ``(target - prediction)^2``, where the target is ``eps``
   (``prediction_type="epsilon"``), ``x0`` (``"sample"``) or ``v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0``
-  (``"v_prediction"``). Unweighted in all three cases.
+  (``"v_prediction"``). Unweighted in all three cases, unless ``snr_gamma`` > 0.
+* Min-SNR-gamma weighting (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting Strategy"), optional:
+  with ``SNR_t = abar_t / (1 - abar_t)`` the per-sample MSE is multiplied by ``min(SNR_t, gamma) / SNR_t`` for
+  epsilon, ``min(SNR_t, gamma)`` for sample and ``min(SNR_t, gamma) / (SNR_t + 1)`` for v prediction. All three make
+  the loss the x0-space error weighted by ``min(SNR_t, gamma)``: the nearly-clean timesteps (``SNR_t > gamma``) stop
+  dominating the gradient. The logged ``mse`` stays unweighted.
 * Learned variance (``variance_type`` ``learned_range`` or ``learned``; the model outputs 2·C channels, the second
   half parameterising the variance): loss = L_simple + lambda * L_vlb (Nichol & Dhariwal 2021, eq. 16,
   lambda = 0.001). ``L_vlb`` is estimated from the sampled t as ``T * L_t``, with
@@ -62,6 +67,7 @@ def diffusion_loss(
     noise: torch.Tensor,
     t: torch.Tensor,
     vlb_weight: float = 0.001,
+    snr_gamma: float = 0.0,
 ) -> dict[str, torch.Tensor]:
     """Per-sample losses for one batch (each a float32 tensor of shape [B]).
 
@@ -85,14 +91,34 @@ def diffusion_loss(
     target = prediction_target(scheduler, x0, noise, t).float()
     mse = _mean_flat((target - prediction) ** 2)
     terms = {"mse": mse}
+    simple = mse * min_snr_weights(scheduler, t, snr_gamma) if snr_gamma > 0 else mse
     if learned:
         frozen = torch.cat([prediction.detach(), variance_values], dim=1)
         vb = vlb_terms(scheduler, frozen, x0, x_t, t).float()
         terms["vb"] = vb
-        terms["loss"] = mse + vlb_weight * scheduler.config.num_train_timesteps * vb
+        terms["loss"] = simple + vlb_weight * scheduler.config.num_train_timesteps * vb
     else:
-        terms["loss"] = mse
+        terms["loss"] = simple
     return terms
+
+
+def min_snr_weights(scheduler, t: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Per-sample Min-SNR-gamma loss weights for ``t`` (float32, shape [B]); see the module notes."""
+    if not gamma > 0:
+        raise ValueError(f"snr_gamma must be > 0 for Min-SNR weighting, got {gamma!r}")
+    abar = scheduler.alphas_cumprod.to(device=t.device, dtype=torch.float64)[t]
+    snr = abar / (1.0 - abar)
+    clipped = snr.clamp(max=gamma)
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        weight = clipped / snr
+    elif kind == "sample":
+        weight = clipped
+    elif kind == "v_prediction":
+        weight = clipped / (snr + 1.0)
+    else:
+        raise ValueError(f"prediction_type={kind!r} has no Min-SNR weighting; allowed: epsilon, sample, v_prediction")
+    return weight.float()
 
 
 def compute_loss(
@@ -103,6 +129,7 @@ def compute_loss(
     t: torch.Tensor,
     vlb_weight: float = 0.001,
     autocast_dtype: torch.dtype | None = None,
+    snr_gamma: float = 0.0,
 ) -> dict[str, torch.Tensor]:
     """Noise ``x0`` to ``x_t``, run ``model(x_t, t)`` (under autocast when a dtype is given) and return the terms of
     :func:`diffusion_loss`."""
@@ -112,4 +139,4 @@ def compute_loss(
             output = model(x_t, t, return_dict=False)[0]
     else:
         output = model(x_t, t, return_dict=False)[0]
-    return diffusion_loss(output, scheduler, x0, x_t, noise, t, vlb_weight=vlb_weight)
+    return diffusion_loss(output, scheduler, x0, x_t, noise, t, vlb_weight=vlb_weight, snr_gamma=snr_gamma)

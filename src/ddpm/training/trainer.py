@@ -75,6 +75,7 @@ _RESUME_WARN_KEYS = (
     "lr",
     "warmup_steps",
     "lr_schedule",
+    "snr_gamma",
     "grad_clip",
     "ema_decay",
     "precision",
@@ -127,6 +128,7 @@ def optimisation_step(
     lr: float,
     grad_clip: float = 1.0,
     vlb_weight: float = 0.001,
+    snr_gamma: float = 0.0,
     autocast_dtype: torch.dtype | None = None,
     scaler: torch.amp.GradScaler | None = None,
     ema: EMA | None = None,
@@ -142,7 +144,7 @@ def optimisation_step(
         params = [p for p in model.parameters() if p.requires_grad]
     for group in optimizer.param_groups:
         group["lr"] = lr
-    terms = compute_loss(model, scheduler, x0, noise, t, vlb_weight, autocast_dtype)
+    terms = compute_loss(model, scheduler, x0, noise, t, vlb_weight, autocast_dtype, snr_gamma=snr_gamma)
     loss = terms["loss"].mean()
     if scaler is not None and scaler.is_enabled():
         scaler.scale(loss).backward()
@@ -412,7 +414,8 @@ class Trainer:
                 terms, loss, grad_norm = optimisation_step(
                     train_model, scheduler, optimizer, x0, noise, t,
                     lr=learning_rate(cfg, step), grad_clip=cfg.grad_clip, vlb_weight=cfg.vlb_weight,
-                    autocast_dtype=autocast_dtype, scaler=scaler, ema=ema, ema_model=model, params=params,
+                    snr_gamma=cfg.snr_gamma, autocast_dtype=autocast_dtype, scaler=scaler, ema=ema, ema_model=model,
+                    params=params,
                 )  # fmt: skip
                 step += 1
                 metrics.add(terms, t, loss, grad_norm, per_rank)

@@ -296,11 +296,12 @@ def test_compile_option_reaches_the_config(tmp_path):
     assert resolve_from_args(args).compile is False
 
 
-def test_cosine_schedule_reaches_the_optimizer_and_resume_warns_on_new_max_steps(tmp_path):
+def test_cosine_schedule_and_min_snr_reach_the_run_and_resume_warns_on_new_max_steps(tmp_path):
     from ddpm.training.trainer import learning_rate
 
     data = _npz(tmp_path / "d.npz")
-    cfg = _cfg(data, tmp_path / "out", lr_schedule="cosine", max_steps=6, checkpoint_every=3, log_every=1)
+    kw = dict(lr_schedule="cosine", snr_gamma=5.0, checkpoint_every=3, log_every=1)
+    cfg = _cfg(data, tmp_path / "out", max_steps=6, **kw)
     Trainer(cfg, progress=False).run()
     rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     logged = {r["step"]: r["lr"] for r in rows if "lr" in r}
@@ -308,9 +309,12 @@ def test_cosine_schedule_reaches_the_optimizer_and_resume_warns_on_new_max_steps
     for step, lr in logged.items():  # the row of step N logs the LR of the update that made step N
         assert lr == pytest.approx(learning_rate(cfg, step - 1))
     assert logged[5] == pytest.approx(1e-3) and logged[6] < logged[5] and logged[6] > 0  # warm-up 4, then decay
+    # Min-SNR weights are <= 1 under epsilon prediction: the weighted objective is below the unweighted mse, logged too
+    assert all(r["loss"] <= r["mse"] + 1e-7 and any(k.startswith("mse_q") for k in r) for r in rows if "lr" in r)
+    assert any(r["loss"] < 0.99 * r["mse"] for r in rows if "lr" in r)
     state = _final(tmp_path / "out")
     assert state["lr_schedule"]["kind"] == "linear_warmup_cosine" and state["lr_schedule"]["max_steps"] == 6
     assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(logged[6])
-    longer = _cfg(data, tmp_path / "out", lr_schedule="cosine", max_steps=8, checkpoint_every=3, log_every=1)
+    longer = _cfg(data, tmp_path / "out", max_steps=8, **kw)
     with pytest.warns(UserWarning, match="max_steps: 6 -> 8"):
         Trainer(longer, progress=False, resume=True).run()

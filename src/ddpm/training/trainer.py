@@ -188,8 +188,11 @@ class _Metrics:
         self.grad_norms.append(grad_norm.detach().float())
         self.images += images
 
-    def read(self, info: ddist.DistInfo, has_vb: bool) -> tuple[list[float], dict[str, float]]:
-        """Per-step global losses (for the NaN check) and the averaged metrics since the last read."""
+    def read(self, info: ddist.DistInfo, has_vb: bool, weighted: bool = False) -> tuple[list[float], dict[str, float]]:
+        """Per-step global losses (for the NaN check) and the averaged metrics since the last read.
+
+        The per-quartile ``mse`` is logged next to ``loss`` whenever the two differ (a learned variance adds L_vlb,
+        Min-SNR weighting scales it), so runs with different objectives stay comparable."""
         losses = torch.stack(self.losses)
         packed = torch.cat([losses, self.q_sum.flatten(), self.q_count])
         ddist.all_reduce_sum(packed, info)
@@ -204,7 +207,9 @@ class _Metrics:
             "grad_norm": grad_norm,
             "images_per_s": self.images * info.world_size / max(elapsed, 1e-9),
         }
-        names = ("loss", "mse", "vb") if has_vb else ("loss",)
+        names = ("loss", "mse", "vb") if has_vb else ("loss", "mse") if weighted else ("loss",)
+        if len(names) > 1 and q_count.sum() > 0:
+            metrics["mse"] = (q_sum[1].sum() / q_count.sum()).item()
         for row, key in enumerate(names):
             for q in range(4):
                 if q_count[q] > 0:
@@ -455,7 +460,7 @@ class Trainer:
     # ---------------------------------------------------------------------------------------------------------
     def _flush_metrics(self, metrics, info, has_vb, step, optimizer, bar, writer) -> dict[str, Any]:
         n = len(metrics.losses)
-        step_losses, values = metrics.read(info, has_vb)
+        step_losses, values = metrics.read(info, has_vb, weighted=self.cfg.snr_gamma > 0)
         metrics.reset()
         for i, value in enumerate(step_losses):
             if not math.isfinite(value):

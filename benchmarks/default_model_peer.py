@@ -23,7 +23,9 @@ CPU thread)::
 
 ``--compare OURS.npz PEER.npz --ref-stats S.npz`` then scores both sample sets once more from one feature pass each:
 the FID of each whole set and of each half (images 0..n/2-1 and n/2..n-1), so the gap between the two models can be
-read against the gap between two halves of one model's samples (the sampling noise of FID at that size).
+read against the gap between two halves of one model's samples (the sampling noise of FID at that size). A model's
+set may be several files joined by commas (``ours_seed0.npz,ours_seed1.npz``): they are pooled, and each file is a
+part. ``--noise-mse PIPELINE ...`` prints each model's noise-prediction error on held-out test images per timestep.
 """
 
 from __future__ import annotations
@@ -37,34 +39,79 @@ import torch
 import torch.nn.functional as F
 
 
-def compare(paths: list[str], ref_stats: str) -> dict:
-    """FID of each sample set (uint8 NHWC ``images`` in an .npz) and of its two halves against ``ref_stats``."""
+def _features(path: str, extractor):
+    """Inception features of the uint8 NHWC ``images`` in an .npz, or features saved earlier as an [N, 2048] .npy."""
+    import numpy as np
+
+    if path.endswith(".npy"):
+        return np.load(path)
+    with np.load(path) as data:
+        return extractor(data["images"])
+
+
+def compare(groups: list[str], ref_stats: str) -> dict:
+    """FID of each model's sample set against ``ref_stats``, whole and in parts.
+
+    Each entry of ``groups`` is one model's samples: an .npz (or a features .npy), or several joined by commas (e.g.
+    two seeds), pooled into one set. The parts are the files of a pooled set, or the two halves of a single file.
+    """
     import numpy as np
 
     from ddpm.evaluation.fid import FeatureStatistics, compute_statistics, fid_from_statistics
     from ddpm.evaluation.inception import InceptionFeatureExtractor
 
     ref = FeatureStatistics.load(ref_stats)
-    extractor = InceptionFeatureExtractor()
+    extractor = None if all(p.endswith(".npy") for g in groups for p in g.split(",")) else InceptionFeatureExtractor()
     result = {}
-    for path in paths:
-        with np.load(path) as data:
-            images = data["images"]
-        features = extractor(images)
-        half = len(features) // 2
-        result[path] = {
+    for group in groups:
+        parts = [_features(path, extractor) for path in group.split(",")]
+        if len(parts) == 1:
+            half = len(parts[0]) // 2
+            parts = [parts[0][:half], parts[0][half:]]
+        features = np.concatenate(parts)
+        result[group] = {
             "n": len(features),
             "fid": fid_from_statistics(compute_statistics(features), ref),
-            "fid_first_half": fid_from_statistics(compute_statistics(features[:half]), ref),
-            "fid_second_half": fid_from_statistics(compute_statistics(features[half:]), ref),
+            "fid_parts": [fid_from_statistics(compute_statistics(part), ref) for part in parts],
+            "n_parts": [len(part) for part in parts],
         }
-        print(json.dumps({path: result[path]}), flush=True)
+        print(json.dumps({group: result[group]}), flush=True)
+    return result
+
+
+def noise_mse(pipelines: list[str], data: str = "fashion-mnist@test", n: int = 512, seed: int = 0) -> dict:
+    """Held-out noise-prediction error of each pipeline's UNet: ``mean((eps_hat - eps)^2)`` on the first ``n`` test
+    images at t = 10, 50, 150, 500, 900, and its mean over t = 25, 75, ..., 975 (the L_simple test loss). The
+    same images, noise and t for every model."""
+    from ddpm import DDPMPipeline
+    from ddpm.training.data import open_dataset, to_model_range
+
+    name, _, split = data.partition("@")
+    x0 = to_model_range(open_dataset(name, split=split or "test").images[:n])
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
+    result = {}
+    for path in pipelines:
+        pipe = DDPMPipeline.from_pretrained(path)
+
+        def mse(t: int, pipe=pipe) -> float:
+            tt = torch.full((len(x0),), t)
+            with torch.inference_mode():
+                eps = pipe.unet(pipe.scheduler.add_noise(x0, noise, tt), tt).sample
+            return (eps - noise).square().mean().item()
+
+        row = {f"t={t}": mse(t) for t in (10, 50, 150, 500, 900)}
+        row["mean_over_t"] = sum(mse(t) for t in range(25, 1000, 50)) / 20
+        result[path] = row
+        print(json.dumps({path: row}), flush=True)
     return result
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--compare", nargs=2, metavar=("OURS", "PEER"), help="score two sample .npz files (see above)")
+    parser.add_argument(
+        "--compare", nargs="+", metavar="SAMPLES", help="score sample sets, one per model (a,b pools files; see above)"
+    )
+    parser.add_argument("--noise-mse", nargs="+", metavar="PIPELINE", help="held-out noise-prediction error (above)")
     parser.add_argument("--ref-stats", help="reference statistics .npz for --compare")
     parser.add_argument("--output-dir", help="where the pipeline folder and metrics.jsonl go")
     parser.add_argument("--preset", default="fashion-mnist-default", help="the preset whose architecture is trained")
@@ -82,6 +129,9 @@ def main(argv=None) -> int:
         if not args.ref_stats:
             parser.error("--compare needs --ref-stats")
         compare(args.compare, args.ref_stats)
+        return 0
+    if args.noise_mse:
+        noise_mse(args.noise_mse)
         return 0
     if not args.output_dir:
         parser.error("--output-dir is required to train")

@@ -129,3 +129,25 @@ def test_peak_memory_sees_a_64_mib_buffer_and_not_a_no_op():
         pytest.skip("/proc/self/clear_refs is not writable here")
     assert peak_np >= 60 * MIB and peak_torch >= 60 * MIB
     assert peak_none < 4 * MIB
+
+
+def test_peer_compare_pools_files_and_scores_parts(tmp_path):
+    from benchmarks.default_model_peer import compare
+
+    from ddpm.evaluation.fid import compute_statistics, fid_from_statistics
+
+    rng = np.random.default_rng(0)
+    ref_features = rng.normal(size=(400, 6))
+    compute_statistics(ref_features).save(tmp_path / "ref.npz")
+    a, b = rng.normal(size=(60, 6)) + 0.3, rng.normal(size=(80, 6))
+    np.save(tmp_path / "a.npy", a)
+    np.save(tmp_path / "b.npy", b)
+    ref = compute_statistics(ref_features)
+    out = compare([f"{tmp_path / 'a.npy'},{tmp_path / 'b.npy'}", str(tmp_path / "a.npy")], str(tmp_path / "ref.npz"))
+    pooled, single = out.values()
+    assert pooled["n"] == 140 and pooled["n_parts"] == [60, 80]
+    assert pooled["fid"] == pytest.approx(fid_from_statistics(compute_statistics(np.concatenate([a, b])), ref))
+    assert pooled["fid_parts"][1] == pytest.approx(fid_from_statistics(compute_statistics(b), ref))
+    assert single["n_parts"] == [30, 30]  # one file: its two halves
+    assert single["fid_parts"][0] == pytest.approx(fid_from_statistics(compute_statistics(a[:30]), ref))
+    assert single["fid"] > pooled["fid_parts"][1]  # the shifted set is farther from the reference

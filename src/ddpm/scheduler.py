@@ -519,6 +519,7 @@ class DDPMScheduler(ConfigMixin):
             return {
                 "ref_sqrt_alphas_cumprod": np.sqrt(a_ref),
                 "ref_sqrt_one_minus_alphas_cumprod": np.sqrt(1.0 - a_ref),
+                "ref_snr": a_ref / (1.0 - a_ref),
                 "sqrt_alphas_cumprod": np.sqrt(a),
                 "sqrt_one_minus_alphas_cumprod": np.sqrt(1.0 - a),
                 "one_minus_alphas_cumprod": 1.0 - a,
@@ -585,6 +586,11 @@ class DDPMScheduler(ConfigMixin):
         sqrt_a = self._gather("ref_sqrt_alphas_cumprod", t, original_samples)
         sqrt_b = self._gather("ref_sqrt_one_minus_alphas_cumprod", t, original_samples)
         return torch.addcmul(original_samples * sqrt_a, sqrt_b, noise)
+
+    def snr(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """Signal-to-noise ratio ᾱ_t / (1 - ᾱ_t) of the public ``alphas_cumprod`` at an int tensor of timesteps, in
+        float64 on the timesteps' device (from a table cached per device, so a training step copies nothing)."""
+        return self._table("ref_snr", timesteps.device, torch.float64)[timesteps.long()]
 
     def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
         """v = sqrt(ᾱ_t) ε - sqrt(1 - ᾱ_t) x_0 (Salimans & Ho 2022), the v_prediction target; t as in add_noise."""

@@ -106,8 +106,7 @@ def min_snr_weights(scheduler, t: torch.Tensor, gamma: float) -> torch.Tensor:
     """Per-sample Min-SNR-gamma loss weights for ``t`` (float32, shape [B]); see the module notes."""
     if not gamma > 0:
         raise ValueError(f"snr_gamma must be > 0 for Min-SNR weighting, got {gamma!r}")
-    abar = scheduler.alphas_cumprod.to(device=t.device, dtype=torch.float64)[t]
-    snr = abar / (1.0 - abar)
+    snr = scheduler.snr(t)
     clipped = snr.clamp(max=gamma)
     kind = scheduler.config.prediction_type
     if kind == "epsilon":

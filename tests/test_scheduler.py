@@ -346,3 +346,27 @@ def test_step_has_no_sync_on_cuda():
     y_cpu = cpu.step(x.cpu(), int(cpu.timesteps[3]), x.cpu(), generator=torch.Generator().manual_seed(0))
     assert torch.allclose(y_cuda.cpu(), y_cpu.prev_sample, atol=1e-5)
     assert math.isfinite(float(y_cuda.sum()))
+
+
+@pytest.mark.parametrize("beta_schedule", ["linear", "squaredcos_cap_v2", "scaled_linear"])
+def test_snr_matches_diffusers_compute_snr(beta_schedule):
+    diffusers = pytest.importorskip("diffusers")
+    from diffusers.training_utils import compute_snr
+
+    ours = DDPMScheduler(beta_schedule=beta_schedule)
+    peer = diffusers.DDPMScheduler(beta_schedule=beta_schedule)
+    t = torch.tensor([0, 1, 10, 250, 500, 998, 999])
+    snr = ours.snr(t)
+    assert snr.dtype == torch.float64 and snr.shape == t.shape
+    # Diffusers squares sqrt(a)/sqrt(1 - a) in float32; we divide in float64: equal to float32 rounding.
+    torch.testing.assert_close(snr.float(), compute_snr(peer, t), rtol=2e-6, atol=0)
+    a = ours.alphas_cumprod.double()[t]
+    torch.testing.assert_close(snr, a / (1 - a), rtol=1e-12, atol=0)
+    assert torch.all(snr[1:] < snr[:-1])  # strictly decreasing in t
+    assert ours.snr(10).shape == () and ours.snr([10, 500]).tolist() == snr[[2, 4]].tolist()
+
+
+@pytest.mark.parametrize(("t", "words"), [(1000, "must lie in"), (-1, "must lie in"), (0.5, "must be integers")])
+def test_snr_rejects_bad_timesteps(t, words):
+    with pytest.raises(ValueError, match=words):
+        DDPMScheduler().snr(torch.tensor([3, t]) if isinstance(t, int) else torch.tensor([t]))

@@ -587,10 +587,13 @@ class DDPMScheduler(ConfigMixin):
         sqrt_b = self._gather("ref_sqrt_one_minus_alphas_cumprod", t, original_samples)
         return torch.addcmul(original_samples * sqrt_a, sqrt_b, noise)
 
-    def snr(self, timesteps: torch.Tensor) -> torch.Tensor:
-        """Signal-to-noise ratio ᾱ_t / (1 - ᾱ_t) of the public ``alphas_cumprod`` at an int tensor of timesteps, in
-        float64 on the timesteps' device (from a table cached per device, so a training step copies nothing)."""
-        return self._table("ref_snr", timesteps.device, torch.float64)[timesteps.long()]
+    def snr(self, timesteps) -> torch.Tensor:
+        """Signal-to-noise ratio ᾱ_t / (1 - ᾱ_t) of the public ``alphas_cumprod`` at integer timesteps (an int, a
+        sequence, a 0-d or [B] tensor), in float64 on the timesteps' device and of their shape (from a table cached per
+        device, so a training step copies nothing)."""
+        t = timesteps if isinstance(timesteps, torch.Tensor) else torch.as_tensor(timesteps)
+        t = self._timestep_tensor(t, t.reshape(-1) if t.ndim == 0 else t)
+        return self._table("ref_snr", t.device, torch.float64)[t]
 
     def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
         """v = sqrt(ᾱ_t) ε - sqrt(1 - ᾱ_t) x_0 (Salimans & Ho 2022), the v_prediction target; t as in add_noise."""

@@ -244,13 +244,17 @@ def test_reference_statistics_cache(tmp_path, capsys):
     assert cache.is_file() and first.n == 4
     again = reference_statistics(str(tmp_path / "a"), cache, _FakeExtractor())
     assert again.source_hash == first.source_hash and "recomputing" not in capsys.readouterr().err
-    # The same set with a different number of images, or another set: recomputed and replaced.
+    # Another set, or the same set with fewer images: computed, but the file is never replaced (it may hold the
+    # statistics of a whole reference set, and --num-samples applies to both sets).
     other = reference_statistics(str(tmp_path / "b"), cache, _FakeExtractor())
-    assert "recomputing" in capsys.readouterr().err
-    assert FeatureStatistics.load(cache).source_hash == other.source_hash != first.source_hash
-    fewer = reference_statistics(str(tmp_path / "b"), cache, _FakeExtractor(), num_samples=3)
-    assert fewer.n == 3 and fewer.source_hash != other.source_hash
-    assert reference_statistics(None, cache).n == 3
+    assert "leaving the file as it is" in capsys.readouterr().err
+    assert other.source_hash != first.source_hash and FeatureStatistics.load(cache).source_hash == first.source_hash
+    fewer = reference_statistics(str(tmp_path / "a"), cache, _FakeExtractor(), num_samples=3)
+    assert fewer.n == 3 and fewer.source_hash != first.source_hash
+    assert "(3 images) without saving" in capsys.readouterr().err
+    assert reference_statistics(None, cache).n == 4
+    cache.unlink()  # deleting the file is how to replace it
+    assert reference_statistics(str(tmp_path / "b"), cache, _FakeExtractor()).n == FeatureStatistics.load(cache).n
 
 
 def test_random_subset_of_a_data_set(tmp_path):

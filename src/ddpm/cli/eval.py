@@ -67,7 +67,13 @@ def _add_fid(sub, fmt) -> None:
     p.add_argument("source", help="first image set")
     p.add_argument("reference", nargs="?", default=None, help="reference image set")
     p.add_argument("--ref-stats", default=None, help="reference statistics .npz to load, or to save once computed")
-    p.add_argument("--num-samples", type=int, default=None, help="images per set (first N; or N generated)")
+    p.add_argument(
+        "--num-samples",
+        type=int,
+        default=None,
+        help="images per set, the reference set included (first N; or N generated); "
+        "a --ref-stats file that holds another set or size is then neither used nor replaced",
+    )
     p.add_argument(
         "--subset-seed",
         type=int,

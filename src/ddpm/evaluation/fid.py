@@ -322,7 +322,8 @@ def reference_statistics(
     **kwargs,
 ) -> FeatureStatistics:
     """Statistics of the reference set, loaded from ``cache`` when it holds those of the same source (same hash),
-    otherwise computed and saved there. With ``spec`` None the cache must exist."""
+    computed and saved there when the file does not exist, and computed without saving when the file holds the
+    statistics of another set or size (it is never replaced). With ``spec`` None the cache must exist."""
     cache = Path(cache) if cache is not None else None
     if spec is None:
         if cache is None or not cache.is_file():
@@ -342,7 +343,15 @@ def reference_statistics(
         expected = source_hash(source, num_samples, kwargs.get("resolution"), extra)
         if stats.source_hash == expected:
             return stats
-        print(f"fid: {cache} holds statistics of another set ({stats.source}); recomputing", file=sys.stderr)
+        # Never replace it: it may be the statistics of a whole reference set (30 CPU minutes for 10,000 images),
+        # and a mismatch is often a flag meant for the other set (e.g. --num-samples, which applies to both).
+        print(
+            f"fid: {cache} holds statistics of another set ({stats.source}, {stats.n} images); computing those of "
+            f"{spec} ({num_samples or 'all'} images) without saving them, and leaving the file as it is. Give another "
+            "--ref-stats path to cache them, or delete the file to replace it.",
+            file=sys.stderr,
+        )
+        return source_statistics(spec, extractor, num_samples=num_samples, **kwargs)
     stats = source_statistics(spec, extractor, num_samples=num_samples, **kwargs)
     if cache is not None:
         stats.save(cache)

@@ -13,11 +13,14 @@ from ._lazy import lazy_attributes as _lazy_attributes
 __version__ = "0.1.0"
 
 _LAZY = {
-    "DDPMScheduler": "ddpm.scheduler",
-    "DDPMSchedulerOutput": "ddpm.scheduler",
+    "DDPMScheduler": "ddpm.schedulers.ddpm",
+    "DDPMSchedulerOutput": "ddpm.schedulers.ddpm",
+    "DDIMScheduler": "ddpm.schedulers.ddim",
+    "DPMSolverMultistepScheduler": "ddpm.schedulers.dpm_solver",
     "UNet2DModel": "ddpm.models",
     "UNet2DOutput": "ddpm.models",
     "DDPMPipeline": "ddpm.pipeline",
+    "DDIMPipeline": "ddpm.pipeline",
     "ImagePipelineOutput": "ddpm.pipeline",
 }
 
@@ -25,7 +28,7 @@ __all__ = [*sorted(_LAZY), "__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from .models import UNet2DModel, UNet2DOutput  # noqa: F401
-    from .pipeline import DDPMPipeline, ImagePipelineOutput  # noqa: F401
-    from .scheduler import DDPMScheduler, DDPMSchedulerOutput  # noqa: F401
+    from .pipeline import DDIMPipeline, DDPMPipeline, ImagePipelineOutput  # noqa: F401
+    from .schedulers import DDIMScheduler, DDPMScheduler, DDPMSchedulerOutput, DPMSolverMultistepScheduler  # noqa: F401
 
 __getattr__, __dir__ = _lazy_attributes(__name__, _LAZY, globals())

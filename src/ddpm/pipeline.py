@@ -33,6 +33,7 @@ from . import io as ddpm_io
 from .config import DIFFUSERS_FORMAT_VERSION, FrozenDict
 from .noise import GeneratorArg, generator_device_type, randn_tensor
 from .outputs import BaseOutput
+from .schedulers.vocabulary import LEARNED_VARIANCE_TYPES
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +43,6 @@ METADATA_NAME = "ddpm.json"
 #: The name that loads the model bundled with the package (``DDPMPipeline.from_pretrained("ddpm/default")``).
 BUNDLED_MODEL_NAME = "ddpm/default"
 OUTPUT_TYPES = ("pil", "np", "pt")
-#: Variance types whose UNet predicts a variance as well (twice the input channels).
-LEARNED_VARIANCE_TYPES = ("learned", "learned_range")
 
 
 class NoBundledModelError(FileNotFoundError):

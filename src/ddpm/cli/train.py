@@ -13,6 +13,8 @@ import logging
 import sys
 from pathlib import Path
 
+from ddpm.schedulers.vocabulary import PREDICTION_TYPES, VARIANCE_TYPES
+
 EPILOG = """\
 examples:
   ddpm train --config cifar10 --data cifar10:/data/cifar10-jpeg.tar.gz --output-dir runs/cifar10
@@ -100,14 +102,14 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "--prediction-type",
         action=_Store,
-        choices=("epsilon", "sample", "v_prediction"),
+        choices=PREDICTION_TYPES,
         default=defaults.scheduler["prediction_type"],
         help="what the network predicts",
     )
     p.add_argument(
         "--variance-type",
         action=_Store,
-        choices=("fixed_small", "fixed_large", "learned_range"),
+        choices=VARIANCE_TYPES,
         default=defaults.scheduler["variance_type"],
         help="reverse-process variance; learned_range doubles the output channels and adds L_vlb (hybrid loss)",
     )

@@ -14,7 +14,7 @@ Index convention: our t runs 0..T-1 and is the paper's t - 1. ``terms_bpd[:, 0]`
 term of the reverse step that starts from our x_t.
 
 The math lives in the scheduler (:meth:`~ddpm.DDPMScheduler.q_mean_variance`, ``q_posterior_mean_variance``,
-``p_mean_variance``, :func:`ddpm.scheduler.normal_kl`, :func:`ddpm.scheduler.discretized_gaussian_log_likelihood`);
+``p_mean_variance``, ``normal_kl``, ``discretized_gaussian_log_likelihood`` of :mod:`ddpm.schedulers.diffusion_math`);
 this module only drives it.
 """
 
@@ -79,7 +79,7 @@ def _noise(shape, generator, device, dtype) -> torch.Tensor:
 
 def prior_bpd(scheduler, x0: torch.Tensor) -> torch.Tensor:
     """L_T in bits/dim per image: KL(q(x_T | x_0) || N(0, I)) averaged over dimensions, / ln 2."""
-    from ddpm.scheduler import normal_kl
+    from ddpm.schedulers.diffusion_math import normal_kl
 
     T = scheduler.config.num_train_timesteps
     mean, _, log_variance = scheduler.q_mean_variance(x0, T - 1)
@@ -119,7 +119,7 @@ def variational_bound(
     of the step from our x_t), ``mse`` [B, T] (mean squared error of the predicted x_0 from x_t, in [-1, 1] units;
     the distortion of Fig. 5) and ``eps_mse`` [B, T] (mean squared error of the implied ε).
     """
-    from ddpm.scheduler import discretized_gaussian_log_likelihood, normal_kl
+    from ddpm.schedulers.diffusion_math import discretized_gaussian_log_likelihood, normal_kl
 
     if t_batch < 1:
         raise ValueError(f"t_batch must be >= 1, got {t_batch}")

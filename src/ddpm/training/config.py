@@ -24,9 +24,6 @@ REPO_CONFIGS = Path(__file__).resolve().parents[3] / "configs"
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 LR_SCHEDULES = ("constant", "cosine", "linear")
-PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
-VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range")
-LEARNED_VARIANCE_TYPES = ("learned", "learned_range")
 
 
 class ConfigError(ValueError):
@@ -119,6 +116,8 @@ class TrainConfig:
     # -- derived -------------------------------------------------------------------------------------------------
     @property
     def learned_variance(self) -> bool:
+        from ddpm.schedulers.vocabulary import LEARNED_VARIANCE_TYPES
+
         return self.scheduler.get("variance_type") in LEARNED_VARIANCE_TYPES
 
     @property
@@ -136,6 +135,19 @@ class TrainConfig:
 
     def scheduler_config(self) -> dict[str, Any]:
         return dict(self.scheduler)
+
+    def build_scheduler(self):
+        """The run's :class:`~ddpm.DDPMScheduler`; a ``ConfigError`` naming the key when a value is invalid."""
+        from ddpm.schedulers import DDPMScheduler
+
+        allowed = sorted(DDPMScheduler._init_parameters())
+        unknown = sorted(set(self.scheduler) - set(allowed))
+        if unknown:
+            raise ConfigError(f"unknown scheduler key(s) {unknown}; allowed: {allowed}")
+        try:
+            return DDPMScheduler(**self.scheduler)
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"invalid scheduler config: {err}") from None
 
     # -- (de)serialisation ---------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -196,16 +208,7 @@ class TrainConfig:
         need(self.sample_steps >= 1, "sample_steps", "a positive integer")
         need(self.num_samples >= 1, "num_samples", "a positive integer")
         need(self.log_every >= 1, "log_every", "a positive integer")
-        pred = self.scheduler.get("prediction_type", "epsilon")
-        if pred not in PREDICTION_TYPES:
-            raise ConfigError(
-                f"invalid scheduler.prediction_type={pred!r}: must be one of {', '.join(PREDICTION_TYPES)}"
-            )
-        var = self.scheduler.get("variance_type", "fixed_small")
-        if var not in VARIANCE_TYPES:
-            raise ConfigError(f"invalid scheduler.variance_type={var!r}: must be one of {', '.join(VARIANCE_TYPES)}")
-        if self.num_train_timesteps < 1:
-            raise ConfigError(f"invalid scheduler.num_train_timesteps={self.num_train_timesteps}: must be >= 1")
+        self.build_scheduler()  # the scheduler owns its vocabularies and checks them
         if not self.model.get("block_out_channels"):
             raise ConfigError("model: a UNet2DModel config needs 'block_out_channels'")
         return self

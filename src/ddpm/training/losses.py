@@ -27,7 +27,7 @@ import math
 import torch
 from torch import nn
 
-from ddpm.training.config import LEARNED_VARIANCE_TYPES
+from ddpm.schedulers.vocabulary import LEARNED_VARIANCE_TYPES
 
 _LN2 = math.log(2.0)
 
@@ -49,7 +49,7 @@ def prediction_target(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch
 
 def vlb_terms(scheduler, model_output: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor):
     """Per-sample ``L_t`` in bits per dimension: the KL term for t > 0, the decoder NLL for t = 0 (float32/64)."""
-    from ddpm.scheduler import discretized_gaussian_log_likelihood, normal_kl
+    from ddpm.schedulers.diffusion_math import discretized_gaussian_log_likelihood, normal_kl
 
     true_mean, _, true_log_var = scheduler.q_posterior_mean_variance(x0, x_t, t)
     out = scheduler.p_mean_variance(model_output, x_t, t, clip_denoised=False)

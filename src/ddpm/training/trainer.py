@@ -258,7 +258,7 @@ class Trainer:
     def _build_scheduler(self):
         if self._scheduler_arg is not None:
             return self._scheduler_arg
-        from ddpm.scheduler import DDPMScheduler
+        from ddpm.schedulers import DDPMScheduler
 
         return DDPMScheduler.from_config(self.cfg.scheduler_config())
 
@@ -630,7 +630,7 @@ class _SampleState:
 
     def _pipeline(self, ema: EMA):
         from ddpm.pipeline import DDPMPipeline
-        from ddpm.scheduler import DDPMScheduler
+        from ddpm.schedulers import DDPMScheduler
 
         ema.copy_to(self.model)
         return DDPMPipeline(self.model, DDPMScheduler.from_config(self.scheduler.config))

@@ -89,6 +89,64 @@ def image_generators(seed: int, indices: Sequence[int] | range, device: str | to
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# The reverse loop (the only one in the library: the pipelines, evaluation and the figures all run it)
+# ---------------------------------------------------------------------------------------------------------------
+StepCallback = Callable[[int, int, torch.Tensor, torch.Tensor | None], None]
+
+
+def reverse_loop(
+    denoiser,
+    scheduler,
+    sample: torch.Tensor,
+    *,
+    generator: GeneratorArg = None,
+    step_kwargs: dict[str, Any] | None = None,
+    callback: StepCallback | None = None,
+    callback_steps: int = 1,
+    progress_bar: Callable | None = None,
+) -> torch.Tensor:
+    """Run ``scheduler.timesteps`` (set beforehand) from ``sample`` down: per step one call of
+    ``denoiser(sample, t).sample`` and one ``scheduler.step(output, t, sample, generator=generator, **step_kwargs)``.
+
+    Works with every scheduler of the family (DDPM, DDIM, DPM-Solver++, Analytic-DPM) as Diffusers' pipelines run
+    them: the step's noise comes from ``generator`` in the scheduler's order, so the same seed gives the same images
+    as Diffusers. The denoiser gets each timestep already on its device (one copy of the whole schedule, no
+    host-to-device copy per step); the scheduler gets it where its timesteps live. ``callback(i, t, x_prev,
+    predicted_x0)`` after steps ``0, callback_steps, ...`` and after the last (``predicted_x0`` from the step's
+    output, or the multistep solver's last data prediction). ``progress_bar``: wraps the step range (e.g. tqdm).
+    Call it under ``torch.inference_mode()`` for sampling. Returns the final sample (model space).
+    """
+    timesteps = scheduler.timesteps
+    step_kwargs = step_kwargs or {}
+    device = sample.device
+    denoiser_timesteps = timesteps.to(device)
+    last = len(timesteps) - 1
+    steps = progress_bar(range(len(timesteps))) if progress_bar is not None else range(len(timesteps))
+    for i in steps:
+        t = timesteps[i]
+        model_output = denoiser(sample, denoiser_timesteps[i]).sample
+        out = scheduler.step(model_output, t, sample, generator=generator, **step_kwargs)
+        sample = out.prev_sample
+        if callback is not None and (i % callback_steps == 0 or i == last):
+            callback(i, int(t), sample, _predicted_x0(scheduler, out, sample, i == last))
+    return sample
+
+
+def _predicted_x0(scheduler, out, sample: torch.Tensor, last: bool) -> torch.Tensor | None:
+    """The step's prediction of x_0: ``pred_original_sample`` where the output has it; for DPM-Solver++ (whose
+    output has none) its last data prediction, the final sample after the last step."""
+    x0 = getattr(out, "pred_original_sample", None)
+    if x0 is not None:
+        return x0
+    if last:
+        return sample
+    outputs = getattr(scheduler, "model_outputs", None)
+    if outputs and outputs[-1] is not None and str(scheduler.config.get("algorithm_type", "")).endswith("++"):
+        return outputs[-1]
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # The pipeline
 # ---------------------------------------------------------------------------------------------------------------
 def _parse_dtype(dtype) -> torch.dtype | None:
@@ -129,7 +187,45 @@ class DDPMPipeline:
         self._progress_bar_config: dict[str, Any] = {}
         #: The number of denoising steps the model is meant to be sampled with (``ddpm.json``), if known.
         self.recommended_num_inference_steps: int | None = None
+        #: The sampler that number is for (``ddpm.json``; None: the pipeline's own scheduler).
+        self.recommended_sampler: str | None = None
         self.name_or_path: str | None = None
+        #: The scheduler config the pipeline was built with: :meth:`set_sampler` builds every sampler from it.
+        self._base_scheduler_config = dict(getattr(scheduler, "config", {}) or {})
+
+    # -- samplers -----------------------------------------------------------------------------------------------
+    def set_sampler(self, sampler: str, moments=None, **scheduler_overrides) -> DDPMPipeline:
+        """Swap in the scheduler of ``sampler`` (``ddpm``, ``ddim``, ``dpm-solver++``, ``analytic-ddpm``,
+        ``analytic-ddim``; :mod:`ddpm.schedulers.samplers`), built from the scheduler config the pipeline was made
+        with: ``pipe.set_sampler("ddim")`` is ``pipe.scheduler = DDIMScheduler.from_config(base_config)``.
+
+        The Analytic-DPM samplers read the moment table ``analytic_dpm.json`` of the pipeline's folder (or take
+        ``moments=``) and check that it was computed for these weights and this schedule. Returns ``self``.
+        """
+        from .schedulers.samplers import ANALYTIC_SAMPLERS, check_sampler, make_scheduler
+
+        check_sampler(sampler)
+        if sampler in ANALYTIC_SAMPLERS and moments is None:
+            moments = self.analytic_moments()
+        self.scheduler = make_scheduler(sampler, self._base_scheduler_config, moments=moments, **scheduler_overrides)
+        return self
+
+    def analytic_moments(self):
+        """The Analytic-DPM moment table of this pipeline's folder (``analytic_dpm.json``), checked against the
+        UNet's weights and the schedule; ``FileNotFoundError`` naming the command that makes it."""
+        from .schedulers.analytic import load_moments
+
+        return load_moments(
+            self.name_or_path, unet=_unwrap_compiled(self.unet), scheduler_config=self._base_scheduler_config
+        )
+
+    def recommended_sampling(self) -> tuple[str, int | None]:
+        """``(sampler, steps)`` the model's ``ddpm.json`` recommends (steps None when it names none); without a
+        recommendation, the sampler of the pipeline's scheduler and no steps."""
+        from .schedulers.samplers import sampler_name
+
+        sampler = self.recommended_sampler or sampler_name(self.scheduler) or "ddpm"
+        return sampler, self.recommended_num_inference_steps
 
     # -- components, device, dtype ------------------------------------------------------------------------------
     @property
@@ -313,8 +409,12 @@ class DDPMPipeline:
         callback: Callable[[int, int, torch.Tensor, torch.Tensor], None] | None = None,
         callback_steps: int = 1,
         progress: bool = True,
+        eta: float | None = None,
     ) -> ImagePipelineOutput | tuple:
         """Generate ``batch_size`` images (Algorithm 2 of the paper, on the scheduler's timesteps).
+
+        The scheduler may be any of the family (``DDPMPipeline(unet, DDIMScheduler.from_config(...))``, or
+        :meth:`set_sampler`): the loop is the same, as in Diffusers.
 
         Args:
             batch_size: number of images; default 1, or the batch of ``noise`` when it is given.
@@ -333,7 +433,49 @@ class DDPMPipeline:
                 They are inference tensors of the loop: clone them to keep them, do not modify them.
             callback_steps: call ``callback`` every this many steps.
             progress: show the tqdm bar (see :meth:`set_progress_bar_config`).
+            eta: for a DDIM-family scheduler (DDIM, Analytic-DDIM), the step's ``eta`` (None: its default, 0);
+                refused for schedulers that have none.
         """
+        step_kwargs = self._eta_kwargs(eta)
+        return self._generate(
+            batch_size,
+            generator,
+            num_inference_steps,
+            output_type,
+            return_dict,
+            noise,
+            callback,
+            callback_steps,
+            progress,
+            step_kwargs,
+        )
+
+    def _eta_kwargs(self, eta) -> dict[str, Any]:
+        if eta is None:
+            return {}
+        from .schedulers.samplers import ETA_SAMPLERS, check_eta, sampler_name
+
+        name = sampler_name(self.scheduler)
+        if name not in ETA_SAMPLERS:
+            raise ValueError(
+                f"eta={eta!r} applies to DDIM-family schedulers only ({', '.join(ETA_SAMPLERS)}); this pipeline's "
+                f"scheduler is a {type(self.scheduler).__name__}"
+            )
+        return {"eta": check_eta(name, eta)}
+
+    def _generate(
+        self,
+        batch_size,
+        generator,
+        num_inference_steps,
+        output_type,
+        return_dict,
+        noise,
+        callback,
+        callback_steps,
+        progress,
+        step_kwargs,
+    ):
         if noise is not None and not isinstance(noise, torch.Tensor):
             raise ValueError(f"noise must be a torch.Tensor, got {type(noise).__name__}")
         if batch_size is None:
@@ -357,23 +499,17 @@ class DDPMPipeline:
             else:
                 sample = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
 
-            scheduler = self.scheduler
-            scheduler.set_timesteps(int(num_inference_steps))
-            timesteps = scheduler.timesteps
-            # The UNet gets the timestep already on its device (no host-to-device copy per step); the scheduler gets
-            # it on the CPU where its timesteps live, as in Diffusers.
-            unet_timesteps = timesteps.to(device)
-            denoiser = self._denoiser(device)
-            last = len(timesteps) - 1
-            steps = self.progress_bar(range(len(timesteps))) if progress else range(len(timesteps))
-            for i in steps:
-                t = timesteps[i]
-                model_output = denoiser(sample, unet_timesteps[i]).sample
-                out = scheduler.step(model_output, t, sample, generator=generator)
-                sample = out.prev_sample
-                if callback is not None and (i % callback_steps == 0 or i == last):
-                    callback(i, int(t), sample, out.pred_original_sample)
-
+            self.scheduler.set_timesteps(int(num_inference_steps))
+            sample = reverse_loop(
+                self._denoiser(device),
+                self.scheduler,
+                sample,
+                generator=generator,
+                step_kwargs=step_kwargs,
+                callback=callback,
+                callback_steps=callback_steps,
+                progress_bar=self.progress_bar if progress else None,
+            )
             images = ddpm_images.model_to_unit(sample)
             if output_type != "pt":
                 images = ddpm_images.pt_to_numpy(images)
@@ -401,7 +537,9 @@ class DDPMPipeline:
         save_scheduler(folder / "scheduler")
         metadata = folder / METADATA_NAME
         if self.recommended_num_inference_steps is not None:
-            data = {"num_inference_steps": int(self.recommended_num_inference_steps)}
+            data: dict[str, Any] = {"num_inference_steps": int(self.recommended_num_inference_steps)}
+            if self.recommended_sampler is not None:
+                data["sampler"] = self.recommended_sampler
             ddpm_io.atomic_write_text(metadata, json.dumps(data, indent=2, sort_keys=True) + "\n")
         elif metadata.is_file():
             metadata.unlink()
@@ -479,8 +617,61 @@ class DDPMPipeline:
 
         pipe = cls(unet=unet, scheduler=scheduler)
         pipe.name_or_path = str(name)
-        pipe.recommended_num_inference_steps = _read_recommended_steps(name, hub)
+        pipe.recommended_num_inference_steps, pipe.recommended_sampler = _read_recommendation(name, hub)
         return pipe
+
+
+class DDIMPipeline(DDPMPipeline):
+    """Generate images with DDIM (Song et al. 2021): Diffusers' ``DDIMPipeline`` API and folders.
+
+    Whatever scheduler it is given is converted to a :class:`~ddpm.DDIMScheduler` with that scheduler's config, as
+    Diffusers does (so a DDPM model folder loads as is). The loop, the checks and the extras (``noise=``,
+    ``callback``, ``progress``) are those of :class:`DDPMPipeline`.
+    """
+
+    def __init__(self, unet, scheduler):
+        from .schedulers.ddim import DDIMScheduler
+
+        if type(scheduler).__name__ != "DDIMScheduler":
+            scheduler = DDIMScheduler.from_config(scheduler.config)
+        super().__init__(unet, scheduler)
+
+    def __call__(
+        self,
+        batch_size: int | None = None,
+        generator: GeneratorArg = None,
+        eta: float = 0.0,
+        num_inference_steps: int = 50,
+        use_clipped_model_output: bool | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        *,
+        noise: torch.Tensor | None = None,
+        callback: StepCallback | None = None,
+        callback_steps: int = 1,
+        progress: bool = True,
+    ) -> ImagePipelineOutput | tuple:
+        """Generate ``batch_size`` images with ``num_inference_steps`` DDIM steps.
+
+        ``eta`` (>= 0) scales the step noise: 0 is the deterministic DDIM sampler, 1 the DDPM-like variance.
+        ``use_clipped_model_output``: re-derive ε from the clipped x_0 (as Diffusers). Other arguments as in
+        :meth:`DDPMPipeline.__call__`.
+        """
+        from .schedulers.samplers import check_eta
+
+        step_kwargs = {"eta": check_eta("ddim", eta), "use_clipped_model_output": use_clipped_model_output}
+        return self._generate(
+            batch_size,
+            generator,
+            num_inference_steps,
+            output_type,
+            return_dict,
+            noise,
+            callback,
+            callback_steps,
+            progress,
+            step_kwargs,
+        )
 
 
 def _unwrap_compiled(module):
@@ -532,26 +723,31 @@ def _check_component(index: dict, key: str, allowed: tuple[str, ...] | None, ind
         )
 
 
-def _read_recommended_steps(name, hub: dict) -> int | None:
-    """``num_inference_steps`` from the optional ``ddpm.json`` beside ``model_index.json``, else None."""
+def _read_recommendation(name, hub: dict) -> tuple[int | None, str | None]:
+    """``(num_inference_steps, sampler)`` from the optional ``ddpm.json`` beside ``model_index.json`` (each None
+    when absent or unusable, with a warning for an unusable value)."""
+    from .schedulers.vocabulary import SAMPLERS
+
     local = Path(name)
     if local.is_dir():
         path = local / METADATA_NAME
         if not path.is_file():
-            return None
+            return None, None
     else:
         try:
             path = ddpm_io.resolve_file(name, METADATA_NAME, **hub)
         except OSError:
-            return None
+            return None, None
     try:
-        value = json.loads(path.read_text(encoding="utf-8")).get("num_inference_steps")
+        data = json.loads(path.read_text(encoding="utf-8"))
+        steps, sampler = data.get("num_inference_steps"), data.get("sampler")
     except (OSError, ValueError, AttributeError) as err:
         logger.warning("ignoring unreadable %s: %s", path, err)
-        return None
-    if value is None:
-        return None
-    if _is_bool(value) or not isinstance(value, int) or value < 1:
-        logger.warning("ignoring num_inference_steps=%r in %s: not an integer >= 1", value, path)
-        return None
-    return value
+        return None, None
+    if steps is not None and (_is_bool(steps) or not isinstance(steps, int) or steps < 1):
+        logger.warning("ignoring num_inference_steps=%r in %s: not an integer >= 1", steps, path)
+        steps = None
+    if sampler is not None and sampler not in SAMPLERS:
+        logger.warning("ignoring sampler=%r in %s: not one of %s", sampler, path, ", ".join(SAMPLERS))
+        sampler, steps = None, None
+    return steps, sampler

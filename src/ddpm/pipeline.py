@@ -189,6 +189,8 @@ class DDPMPipeline:
         self.recommended_num_inference_steps: int | None = None
         #: The sampler that number is for (``ddpm.json``; None: the pipeline's own scheduler).
         self.recommended_sampler: str | None = None
+        #: Steps recommended for other samplers than :attr:`recommended_sampler` (``ddpm.json``), by sampler name.
+        self.recommended_steps_by_sampler: dict[str, int] = {}
         self.name_or_path: str | None = None
         #: The scheduler config the pipeline was built with: :meth:`set_sampler` builds every sampler from it.
         self._base_scheduler_config = dict(getattr(scheduler, "config", {}) or {})
@@ -219,13 +221,28 @@ class DDPMPipeline:
             self.name_or_path, unet=_unwrap_compiled(self.unet), scheduler_config=self._base_scheduler_config
         )
 
-    def recommended_sampling(self) -> tuple[str, int | None]:
-        """``(sampler, steps)`` the model's ``ddpm.json`` recommends (steps None when it names none); without a
-        recommendation, the sampler of the pipeline's scheduler and no steps."""
+    def default_sampler(self) -> str:
+        """The sampler ``ddpm.json`` recommends, else the one the pipeline's scheduler runs (``ddpm`` for a
+        scheduler the library does not know by name)."""
         from .schedulers.samplers import sampler_name
 
-        sampler = self.recommended_sampler or sampler_name(self.scheduler) or "ddpm"
-        return sampler, self.recommended_num_inference_steps
+        if self.recommended_num_inference_steps is not None and self.recommended_sampler is None:
+            return "ddpm"  # an older ddpm.json: a step count for the DDPM sampler
+        return self.recommended_sampler or sampler_name(self.scheduler) or "ddpm"
+
+    def default_steps(self, sampler: str | None = None) -> int:
+        """The steps to run ``sampler`` (default: :meth:`default_sampler`) with when the caller names none: the
+        model's recommendation for that sampler (``ddpm.json``), else the sampler's default
+        (:data:`ddpm.schedulers.samplers.DEFAULT_STEPS`), at most ``num_train_timesteps``."""
+        from .schedulers.samplers import DEFAULT_STEPS, check_sampler
+
+        sampler = check_sampler(sampler or self.default_sampler())
+        steps = self.recommended_steps_by_sampler.get(sampler)
+        if steps is None and sampler == self.default_sampler():
+            steps = self.recommended_num_inference_steps
+        if steps is None:
+            steps = DEFAULT_STEPS[sampler]
+        return min(int(steps), int(self.scheduler.config.num_train_timesteps))
 
     # -- components, device, dtype ------------------------------------------------------------------------------
     @property
@@ -540,6 +557,8 @@ class DDPMPipeline:
             data: dict[str, Any] = {"num_inference_steps": int(self.recommended_num_inference_steps)}
             if self.recommended_sampler is not None:
                 data["sampler"] = self.recommended_sampler
+            if self.recommended_steps_by_sampler:
+                data["num_inference_steps_by_sampler"] = dict(sorted(self.recommended_steps_by_sampler.items()))
             ddpm_io.atomic_write_text(metadata, json.dumps(data, indent=2, sort_keys=True) + "\n")
         elif metadata.is_file():
             metadata.unlink()
@@ -617,7 +636,10 @@ class DDPMPipeline:
 
         pipe = cls(unet=unet, scheduler=scheduler)
         pipe.name_or_path = str(name)
-        pipe.recommended_num_inference_steps, pipe.recommended_sampler = _read_recommendation(name, hub)
+        recommendation = _read_recommendation(name, hub)
+        pipe.recommended_num_inference_steps = recommendation.get("num_inference_steps")
+        pipe.recommended_sampler = recommendation.get("sampler")
+        pipe.recommended_steps_by_sampler = recommendation.get("num_inference_steps_by_sampler", {})
         return pipe
 
 
@@ -723,31 +745,47 @@ def _check_component(index: dict, key: str, allowed: tuple[str, ...] | None, ind
         )
 
 
-def _read_recommendation(name, hub: dict) -> tuple[int | None, str | None]:
-    """``(num_inference_steps, sampler)`` from the optional ``ddpm.json`` beside ``model_index.json`` (each None
-    when absent or unusable, with a warning for an unusable value)."""
+def _read_recommendation(name, hub: dict) -> dict[str, Any]:
+    """The usable entries of the optional ``ddpm.json`` beside ``model_index.json``: ``num_inference_steps``,
+    ``sampler`` and ``num_inference_steps_by_sampler`` (an unusable value is dropped with a warning)."""
     from .schedulers.vocabulary import SAMPLERS
 
     local = Path(name)
     if local.is_dir():
         path = local / METADATA_NAME
         if not path.is_file():
-            return None, None
+            return {}
     else:
         try:
             path = ddpm_io.resolve_file(name, METADATA_NAME, **hub)
         except OSError:
-            return None, None
+            return {}
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        steps, sampler = data.get("num_inference_steps"), data.get("sampler")
-    except (OSError, ValueError, AttributeError) as err:
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as err:
         logger.warning("ignoring unreadable %s: %s", path, err)
-        return None, None
-    if steps is not None and (_is_bool(steps) or not isinstance(steps, int) or steps < 1):
-        logger.warning("ignoring num_inference_steps=%r in %s: not an integer >= 1", steps, path)
-        steps = None
+        return {}
+
+    def steps_ok(value, what) -> bool:
+        if _is_bool(value) or not isinstance(value, int) or value < 1:
+            logger.warning("ignoring %s=%r in %s: not an integer >= 1", what, value, path)
+            return False
+        return True
+
+    out: dict[str, Any] = {}
+    steps, sampler = data.get("num_inference_steps"), data.get("sampler")
     if sampler is not None and sampler not in SAMPLERS:
         logger.warning("ignoring sampler=%r in %s: not one of %s", sampler, path, ", ".join(SAMPLERS))
         sampler, steps = None, None
-    return steps, sampler
+    if steps is not None and steps_ok(steps, "num_inference_steps"):
+        out["num_inference_steps"] = steps
+    if sampler is not None:
+        out["sampler"] = sampler
+    by_sampler = data.get("num_inference_steps_by_sampler") or {}
+    if isinstance(by_sampler, dict):
+        out["num_inference_steps_by_sampler"] = {
+            k: v for k, v in by_sampler.items() if k in SAMPLERS and steps_ok(v, f"num_inference_steps_by_sampler.{k}")
+        }
+    return out

@@ -34,9 +34,13 @@ def load_pipeline(path: str | os.PathLike, device: str | torch.device = "cpu", d
 
 
 def default_num_inference_steps(pipeline) -> int:
-    """The model's recommended number of steps (``ddpm.json``), else the full chain."""
-    steps = getattr(pipeline, "recommended_num_inference_steps", None)
-    return int(steps) if steps else int(pipeline.scheduler.config.num_train_timesteps)
+    """The steps the pipeline's current sampler runs by default (:meth:`ddpm.DDPMPipeline.default_steps`: the
+    model's ``ddpm.json``, else the sampler's default), or the full chain for a foreign pipeline object."""
+    from ddpm.schedulers.samplers import sampler_name
+
+    if hasattr(pipeline, "default_steps"):
+        return pipeline.default_steps(sampler_name(pipeline.scheduler) or "ddpm")
+    return int(pipeline.scheduler.config.num_train_timesteps)
 
 
 def image_generators(seed: int, indices, device: str | torch.device = "cpu") -> list[torch.Generator]:

@@ -29,6 +29,9 @@ from .vocabulary import SAMPLERS
 ETA_SAMPLERS = ("ddim", "analytic-ddim")
 #: Samplers that need an Analytic-DPM moment table.
 ANALYTIC_SAMPLERS = ("analytic-ddpm", "analytic-ddim")
+#: Steps a sampler runs when neither the user nor the model's ``ddpm.json`` says: the full chain for DDPM (Diffusers'
+#: default), Diffusers' pipeline default for DDIM (50), and the published sweet spots of the few-step samplers.
+DEFAULT_STEPS = {"ddpm": 1000, "ddim": 50, "dpm-solver++": 25, "analytic-ddpm": 100, "analytic-ddim": 50}
 
 
 def check_sampler(name: Any) -> str:

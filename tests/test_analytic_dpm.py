@@ -472,3 +472,20 @@ def test_command_writes_the_table_and_the_pipeline_samples_with_it(tmp_path, cap
     assert "--model must be a local pipeline folder" in capsys.readouterr().err
     assert main(["analytic-dpm", "--model", str(folder), "--data", str(tmp_path / "none.npz")]) == 2
     assert "--data" in capsys.readouterr().err
+
+
+def test_ddim_form_with_eta_one_is_the_ddpm_form():
+    """λ² = β̃ makes DDIM's mean DDPM's posterior mean, so the two analytic variances coincide too."""
+    gamma = np.random.default_rng(0).uniform(0.7, 1.0, size=T)
+    a = analytic(gamma, mean_type="ddpm", clip_sample=False, clip_variance_pixels=1.0)
+    b = analytic(gamma, mean_type="ddim", eta=1.0, clip_sample=False, clip_variance_pixels=1.0)
+    for s in (a, b):
+        s.set_timesteps(7)
+    np.testing.assert_allclose(a.step_variances, b.step_variances, rtol=1e-9, atol=1e-15)
+    x = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for t in a.timesteps.tolist():
+        out = torch.sin(3 * x)
+        xa = a.step(out, t, x, generator=torch.Generator().manual_seed(t)).prev_sample
+        xb = b.step(out, t, x, generator=torch.Generator().manual_seed(t)).prev_sample
+        torch.testing.assert_close(xa, xb, rtol=1e-6, atol=1e-6)  # x̂0 uses the float32 √ᾱ, as DDPM
+        x = xa

@@ -10,17 +10,20 @@ Notation. ᾱ = ``alphas_cumprod``, β̄ = 1 - ᾱ. A sampling step goes from a 
 one s < r (s = -1 after the last one): α_skip = ᾱ_r / ᾱ_s, β_skip = 1 - α_skip, β̃ = β_skip β̄_s / β̄_r (the
 posterior variance of the skip). d = C·H·W.
 
-* **The moment.** Γ_r = E ||ε̂(x_r, r)||² / d over x_r ~ q(x_r | x_0), x_0 from the training data (paper eq. 9's
-  E_{q_n(x_n)} ||s_n(x_n)||² / d times β̄_n), estimated once per model by Monte Carlo (:func:`estimate_moments`)
-  and stored in the model folder (:class:`AnalyticMoments`, ``analytic_dpm.json``). ε̂ is the model's noise
-  prediction (for ``sample`` / ``v_prediction`` models, the ε implied by their output).
+* **The moment.** Γ_r = E ||ε̂(x_r, r)||² / d over x_r ~ q(x_r | x_0), x_0 from the training data: the paper's
+  β̄_n E_{q_n} ||∇ log q_n(x_n)||² / d of Theorem 1 with the score -ε̂/√β̄ of the model. Estimated once per model
+  by Monte Carlo (:func:`estimate_moments`) and stored in the model folder (:class:`AnalyticMoments`,
+  ``analytic_dpm.json``). ε̂ is the model's noise prediction (for ``sample`` / ``v_prediction`` models, the ε
+  implied by their output).
 * **The expected covariance of x̂0** (Theorem 1): c_r = β̄_r / ᾱ_r · (1 - Γ_r), clipped to [0, 1]: the bounds of
   Theorem 2 for data in [-1, 1] (0 for a deterministic x0, ((b - a) / 2)² = 1 at most).
 * **Analytic-DDPM** (``mean_type="ddpm"``): the mean is the posterior mean with the (clipped) x̂0,
   c_x0 x̂0 + c_xt x_r with c_x0 = √ᾱ_s β_skip / β̄_r, c_xt = √α_skip β̄_s / β̄_r (Ho et al. eq. 7 on the skip),
   and σ² = β̃ + ᾱ_s β_skip² / β̄_r² · c_r.
 * **Analytic-DDIM** (``mean_type="ddim"``, ``eta`` = η): λ² = η² β̃ (Song et al.'s σ² for η), the mean
-  √ᾱ_s x̂0 + √(β̄_s - λ²) ε̂ and σ² = λ² + (√ᾱ_s - √((β̄_s - λ²) ᾱ_r / β̄_r))² · c_r.
+  √ᾱ_s x̂0 + √(β̄_s - λ²) ε̂ and σ² = λ² + (√ᾱ_s - √((β̄_s - λ²) ᾱ_r / β̄_r))² · c_r, which is Theorem 1's
+  λ² + (√(β̄_r / α_skip) - √(β̄_s - λ²))² (1 - Γ_r) with the clipped c_r. With η = 1 (λ² = β̃) the mean is
+  DDPM's and the two forms agree.
 * **Clipping the variance of the last steps** (the authors' ``clip_sigma_idx`` / ``clip_pixel``): the steps whose
   target s is one of the ``clip_variance_steps`` smallest visited timesteps have σ ≤ k · (2/255) · √(π/2),
   k = ``clip_variance_pixels``: the expected absolute noise σ √(2/π) is then at most k pixel levels (2/255 in

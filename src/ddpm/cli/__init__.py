@@ -13,6 +13,7 @@ COMMANDS = {
     "sample": "ddpm.cli.sample:add_parser",
     "train": "ddpm.cli.train:add_parser",
     "eval": "ddpm.cli.eval:add_parser",
+    "analytic-dpm": "ddpm.cli.analytic:add_parser",
 }
 
 

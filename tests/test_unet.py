@@ -291,7 +291,7 @@ def test_channels_last_input_and_weights(tiny_pair, batch):
             assert rel_err(model_cl(inp, 5).sample, ref) < 1e-5
         assert model_cl(x, 5).sample.is_contiguous()
         nchw = copy.deepcopy(ours)
-        nchw.cpu_channels_last = False
+        nchw.set_fast_paths(channels_last=False)
         assert rel_err(nchw(x, 5).sample, ref) < 1e-5
 
 

@@ -23,7 +23,7 @@ import os
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -34,6 +34,9 @@ from .config import DIFFUSERS_FORMAT_VERSION, FrozenDict
 from .noise import GeneratorArg, generator_device_type, randn_tensor
 from .outputs import BaseOutput
 from .schedulers.vocabulary import LEARNED_VARIANCE_TYPES
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .models.fast_paths import FastPaths
 
 logger = logging.getLogger(__name__)
 
@@ -175,14 +178,13 @@ class DDPMPipeline:
     """
 
     config_name = MODEL_INDEX_NAME
-    #: On CPU, run the UNet's convolutions channels-last: the first CPU call converts the weights of a ddpm
-    #: ``UNet2DModel`` to channels-last memory (same values; ``docs/benchmarks.md`` has the measured gain). Set to
-    #: False on an instance (or the class) to leave the weights as they are.
-    cpu_channels_last: bool = True
 
     def __init__(self, unet, scheduler):
+        from .models.fast_paths import FastPaths
+
         self.unet = unet
         self.scheduler = scheduler
+        self._fast_paths = FastPaths()
         self._compiled: _CompiledUNet | None = None
         self._progress_bar_config: dict[str, Any] = {}
         #: The number of denoising steps the model is meant to be sampled with (``ddpm.json``), if known.
@@ -317,6 +319,33 @@ class DDPMPipeline:
         raise ValueError("Either `total` or `iterable` has to be defined.")
 
     # -- fast paths ---------------------------------------------------------------------------------------------
+    @property
+    def fast_paths(self) -> FastPaths:
+        """The speed setting sampling runs the UNet with (a :class:`ddpm.models.FastPaths`, all on by default).
+
+        Each call hands it to the UNet (``unet.set_fast_paths``) when that is a ddpm ``UNet2DModel``. With
+        ``channels_last`` on, the first CPU call also stores the UNet's weights channels-last (same values;
+        ``docs/benchmarks.md`` has the measured gain); with it off, the UNet runs on the layouts it has (NCHW unless
+        the caller chose otherwise). Assigning it is :meth:`set_fast_paths`.
+        """
+        return self._fast_paths
+
+    @fast_paths.setter
+    def fast_paths(self, value: FastPaths) -> None:
+        from .models.fast_paths import FastPaths
+
+        if not isinstance(value, FastPaths):
+            raise ValueError(f"fast_paths must be a ddpm.models.FastPaths, got {type(value).__name__}")
+        self._fast_paths = value
+
+    def set_fast_paths(self, fast_paths: FastPaths | None = None, **changes: bool) -> DDPMPipeline:
+        """Sample with ``fast_paths`` (or the current setting) with the switch ``changes`` applied, e.g.
+        ``pipe.set_fast_paths(channels_last=False)`` for the plain NCHW path; returns ``self``."""
+        from .models.fast_paths import resolve_fast_paths
+
+        self._fast_paths = resolve_fast_paths(self._fast_paths, fast_paths, **changes)
+        return self
+
     def compile(self, enabled: bool = True, *, freeze: bool | None = None, mode: str | None = None) -> DDPMPipeline:
         """Run the UNet through ``torch.compile`` in the denoising loop (``enabled=False`` goes back to eager).
 
@@ -335,12 +364,15 @@ class DDPMPipeline:
         return self._compiled is not None
 
     def _denoiser(self, device: torch.device):
-        """The callable the loop runs: the UNet (channels-last on CPU), compiled when :meth:`compile` asked."""
-        from .models.unet import UNet2DModel, _is_channels_last
+        """The callable the loop runs: the UNet set up with :attr:`fast_paths`, compiled when :meth:`compile` asked."""
+        from .models.fast_paths import is_channels_last
+        from .models.unet import UNet2DModel
 
         unet = self.unet
-        if device.type == "cpu" and self.cpu_channels_last and isinstance(unet, UNet2DModel):
-            if not _is_channels_last(unet.conv_in.weight):
+        if isinstance(unet, UNet2DModel):
+            if unet.fast_paths != self._fast_paths:
+                unet.set_fast_paths(self._fast_paths)
+            if device.type == "cpu" and self._fast_paths.channels_last and not is_channels_last(unet.conv_in.weight):
                 unet.to(memory_format=torch.channels_last)
         if self._compiled is not None:
             return self._compiled.get(unet, device)
@@ -716,7 +748,8 @@ class _CompiledUNet:
         self._fn = None
 
     def get(self, unet, device: torch.device):
-        key = (id(unet), device.type, _weights_version(unet))
+        # The fast-path setting is part of the traced code (layouts, kernel routes): a new one compiles again.
+        key = (id(unet), device.type, getattr(unet, "fast_paths", None), _weights_version(unet))
         if self._fn is None or key != self._key:
             freeze = device.type == "cpu" if self.freeze is None else bool(self.freeze)
             if self._fn is not None and freeze:

@@ -373,7 +373,7 @@ def _add_generate(sub, fmt) -> None:
         help="reverse steps; default: the model's recommended number, else the full chain",
     )
     p.add_argument("--out", required=True, help="output .npz")
-    from ddpm.speed import add_speed_arguments
+    from ddpm.cli.speed import add_speed_arguments
 
     add_speed_arguments(p)
     p.set_defaults(func=run_generate)
@@ -401,7 +401,7 @@ def _init_distributed(device: str):
 def run_generate(args) -> int:
     import torch.distributed as dist
 
-    from ddpm import speed as ddpm_speed
+    from ddpm.cli import speed as ddpm_speed
     from ddpm.evaluation.generate import generate_to_npz
 
     if args.num_samples < 1 or args.batch_size < 1 or args.seed < 0:

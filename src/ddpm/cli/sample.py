@@ -101,7 +101,7 @@ def setup_sampler(pipe, args: argparse.Namespace) -> tuple[str, int, dict]:
 
 def add_parser(subparsers) -> None:
     from ddpm.cli import HelpFormatter
-    from ddpm.speed import add_speed_arguments
+    from ddpm.cli.speed import add_speed_arguments
 
     p = subparsers.add_parser(
         "sample",
@@ -150,7 +150,7 @@ def _check_args(args: argparse.Namespace) -> None:
         raise _UsageError(message)
     if args.seed < 0:
         raise _UsageError(f"--seed must be >= 0, got {args.seed}")
-    from ddpm.speed import check_speed_arguments
+    from ddpm.cli.speed import check_speed_arguments
 
     if (message := check_speed_arguments(args)) is not None:
         raise _UsageError(message)
@@ -191,7 +191,7 @@ def _run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from ddpm import images as ddpm_images
-    from ddpm import speed as ddpm_speed
+    from ddpm.cli import speed as ddpm_speed
     from ddpm.pipeline import DDPMPipeline, NoBundledModelError, image_generators
 
     ddpm_speed.set_threads(args.threads)

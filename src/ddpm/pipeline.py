@@ -217,11 +217,18 @@ class DDPMPipeline:
     def analytic_moments(self):
         """The Analytic-DPM moment table of this pipeline's folder (``analytic_dpm.json``), checked against the
         UNet's weights and the schedule; ``FileNotFoundError`` naming the command that makes it."""
-        from .schedulers.analytic import load_moments
+        from .schedulers.analytic import AnalyticMoments
+        from .schedulers.ddpm import DDPMScheduler
 
-        return load_moments(
-            self.name_or_path, unet=_unwrap_compiled(self.unet), scheduler_config=self._base_scheduler_config
-        )
+        if self.name_or_path is None:
+            raise ValueError(
+                "this pipeline was not loaded from a folder, so it has no Analytic-DPM moment table; pass moments= "
+                "(ddpm.schedulers.analytic.estimate_moments) or load the pipeline from a folder that has one"
+            )
+        moments = AnalyticMoments.from_pretrained(self.name_or_path)
+        base = DDPMScheduler.from_config(self._base_scheduler_config)
+        moments.check(scheduler=base, unet=_unwrap_compiled(self.unet), where=f"{self.name_or_path}/analytic_dpm.json")
+        return moments
 
     def default_sampler(self) -> str:
         """The sampler ``ddpm.json`` recommends, else the one the pipeline's scheduler runs (``ddpm`` for a
@@ -337,6 +344,18 @@ class DDPMPipeline:
         if not isinstance(value, FastPaths):
             raise ValueError(f"fast_paths must be a ddpm.models.FastPaths, got {type(value).__name__}")
         self._fast_paths = value
+
+    @property
+    def cpu_channels_last(self) -> bool:
+        """Removed switch (it is ``fast_paths.channels_last`` now); reading it still works, setting it raises."""
+        return self.fast_paths.channels_last
+
+    @cpu_channels_last.setter
+    def cpu_channels_last(self, value) -> None:
+        raise AttributeError(
+            "cpu_channels_last was replaced by one setting object: use "
+            f"set_fast_paths(channels_last={bool(value)}) (see ddpm.models.FastPaths)"
+        )
 
     def set_fast_paths(self, fast_paths: FastPaths | None = None, **changes: bool) -> DDPMPipeline:
         """Sample with ``fast_paths`` (or the current setting) with the switch ``changes`` applied, e.g.

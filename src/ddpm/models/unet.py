@@ -204,6 +204,18 @@ class UNet2DModel(ModelMixin):
             raise ValueError(f"fast_paths must be a ddpm.models.FastPaths, got {type(value).__name__}")
         self.set_fast_paths(value)
 
+    @property
+    def cpu_channels_last(self) -> bool:
+        """Removed switch (it is ``fast_paths.channels_last`` now); reading it still works, setting it raises."""
+        return self.fast_paths.channels_last
+
+    @cpu_channels_last.setter
+    def cpu_channels_last(self, value) -> None:
+        raise AttributeError(
+            "cpu_channels_last was replaced by one setting object: use "
+            f"set_fast_paths(channels_last={bool(value)}) (see ddpm.models.FastPaths)"
+        )
+
     def set_fast_paths(self, fast_paths: FastPaths | None = None, **changes: bool) -> UNet2DModel:
         """Use ``fast_paths`` (or the current setting) with the switch ``changes``, e.g.
         ``unet.set_fast_paths(channels_last=False)``, in this model and its convolutions only; returns ``self``."""

@@ -503,3 +503,31 @@ def test_files_round_trip_with_diffusers(tmp_path):
     }
     assert set(RefScheduler().config) - {"_use_default_values"} == set(DDIMScheduler().config) - {"_use_default_values"}
     assert math.isclose(DDIMScheduler.from_pretrained(tmp_path / "b").config.beta_end, 0.012)
+
+
+# -- GPU: no host-device synchronisation inside step() ----------------------------------------------------------------
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_step_has_no_sync_on_cuda():
+    s = DDIMScheduler(prediction_type="v_prediction", thresholding=False)
+    s.set_timesteps(50, device="cuda")
+    x = torch.randn(4, 3, 32, 32, device="cuda")
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    ts = list(s.timesteps)
+    s.add_noise(x, x, torch.zeros(4, dtype=torch.int64, device="cuda"))  # tables moved once, before the check
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for i, t in enumerate(ts):
+            x = s.step(torch.tanh(x), t, x, eta=0.5 * (i % 3), use_clipped_model_output=i % 2 == 0, generator=gen)
+            x = s.add_noise(x.prev_sample, x.prev_sample, torch.zeros(4, dtype=torch.int64, device="cuda"))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(x).all()
+    # a CPU generator draws the same numbers for a CUDA sample as for a CPU one
+    cpu = DDIMScheduler(prediction_type="v_prediction")
+    cpu.set_timesteps(50)
+    y_cuda = s.step(x, s.timesteps[3], x, eta=1.0, generator=torch.Generator().manual_seed(0)).prev_sample
+    t3 = int(s.timesteps[3])
+    y_cpu = cpu.step(x.cpu(), t3, x.cpu(), eta=1.0, generator=torch.Generator().manual_seed(0)).prev_sample
+    torch.testing.assert_close(y_cuda.cpu(), y_cpu, rtol=1e-5, atol=1e-5)

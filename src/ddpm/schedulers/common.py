@@ -173,6 +173,16 @@ class StepPositions:
             )
         return index
 
+    def previous(self, timestep, timesteps: torch.Tensor):
+        """The timestep after ``timestep`` in the schedule (-1 after the last one): an int for an int, a 0-d int64
+        tensor for a tensor (a view of ``timesteps``, as Diffusers' ``previous_timestep``)."""
+        index = self.index_of(timestep, timesteps)
+        if not isinstance(timestep, torch.Tensor):
+            return self.prev[index]
+        if index + 1 < len(self.t):
+            return timesteps[index + 1]
+        return torch.tensor(-1)
+
 
 def threshold_sample(sample: torch.Tensor, ratio: float, max_value: float) -> torch.Tensor:
     """Imagen dynamic thresholding (Saharia et al. 2022): s = clamp(quantile(|x0|, ratio), 1, max_value) per batch

@@ -187,13 +187,7 @@ class DDIMScheduler(ForwardProcessMixin, SchedulerMixin):
 
         Returns an int for an int, a 0-d int64 tensor for a tensor.
         """
-        index = self._steps.index_of(timestep, self._timesteps)
-        prev = self._steps.prev[index]
-        if not isinstance(timestep, torch.Tensor):
-            return prev
-        if index + 1 < len(self._steps.t):
-            return self._timesteps[index + 1]
-        return torch.tensor(-1)
+        return self._steps.previous(timestep, self._timesteps)
 
     # -- the reverse step --------------------------------------------------------------------------------------------
     @staticmethod

@@ -240,13 +240,7 @@ class DDPMScheduler(ForwardProcessMixin, SchedulerMixin):
 
         Returns an int for an int, a 0-d int64 tensor for a tensor (a view of ``self.timesteps``, as Diffusers).
         """
-        index = self._index_of(timestep)
-        prev = self._steps.prev[index]
-        if not isinstance(timestep, torch.Tensor):
-            return prev
-        if index + 1 < len(self._steps.t):
-            return self._timesteps[index + 1]
-        return torch.tensor(-1)
+        return self._steps.previous(timestep, self._timesteps)
 
     # -- the reverse step --------------------------------------------------------------------------------------------
     def _split_model_output(self, model_output: torch.Tensor, sample: torch.Tensor):

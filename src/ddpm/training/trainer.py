@@ -30,11 +30,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from ddpm import distributed as ddist
 from ddpm import io as ddpm_io
+from ddpm.data import DataError, open_dataset, to_model_range
 from ddpm.training import checkpoint as ckpt
-from ddpm.training import distributed as ddist
 from ddpm.training.config import TrainConfig
-from ddpm.training.data import DataError, open_dataset, to_model_range
 from ddpm.training.data_order import DataOrder, StepBatchSampler
 from ddpm.training.ema import EMA
 from ddpm.training.losses import compute_loss

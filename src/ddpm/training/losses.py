@@ -41,12 +41,6 @@ def prediction_target(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch
     raise ValueError(f"prediction_type={kind!r} is not supported for training; allowed: epsilon, sample, v_prediction")
 
 
-def vlb_terms(scheduler, model_output: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor):
-    """Per-sample ``L_t`` in bits per dimension: the KL term for t > 0, the decoder NLL for t = 0 (float32/64), with
-    the model's x_0 unclipped (:func:`ddpm.likelihood.vb_terms_bpd`)."""
-    return vb_terms_bpd(scheduler, model_output, x0, x_t, t, clip_denoised=False)["bpd"]
-
-
 def diffusion_loss(
     model_output: torch.Tensor,
     scheduler,
@@ -82,7 +76,7 @@ def diffusion_loss(
     simple = mse * min_snr_weights(scheduler, t, snr_gamma) if snr_gamma > 0 else mse
     if learned:
         frozen = torch.cat([prediction.detach(), variance_values], dim=1)
-        vb = vlb_terms(scheduler, frozen, x0, x_t, t).float()
+        vb = vb_terms_bpd(scheduler, frozen, x0, x_t, t, clip_denoised=False)["bpd"].float()
         terms["vb"] = vb
         terms["loss"] = simple + vlb_weight * scheduler.config.num_train_timesteps * vb
     else:

@@ -84,7 +84,7 @@ def noise_mse(pipelines: list[str], data: str = "fashion-mnist@test", n: int = 5
     images at t = 10, 50, 150, 500, 900, and its mean over t = 25, 75, ..., 975 (the L_simple test loss). The
     same images, noise and t for every model."""
     from ddpm import DDPMPipeline
-    from ddpm.training.data import open_dataset, to_model_range
+    from ddpm.data import open_dataset, to_model_range
 
     name, _, split = data.partition("@")
     x0 = to_model_range(open_dataset(name, split=split or "test").images[:n])
@@ -140,8 +140,8 @@ def main(argv=None) -> int:
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
 
+    from ddpm.data import open_dataset, to_model_range
     from ddpm.training.config import resolve_config
-    from ddpm.training.data import open_dataset, to_model_range
 
     cfg = resolve_config(args.preset)
     steps = args.max_steps or cfg.max_steps

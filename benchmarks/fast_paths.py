@@ -178,7 +178,7 @@ def training_rows(args) -> list[dict]:
         print(_line(rows[-1]), flush=True)
 
     # Data loading: the trainer's loader on the real data set against what one training step consumes.
-    from ddpm.training.data import open_dataset, to_model_range
+    from ddpm.data import open_dataset, to_model_range
 
     try:
         dataset = open_dataset("fashion-mnist", resolution=28, channels=1)

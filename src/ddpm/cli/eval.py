@@ -242,8 +242,8 @@ def _data_images(spec: str, unet, limit: int | None, indices=None):
     """uint8 NCHW images of a data source at the model's resolution and channels (``spec@test`` for the split)."""
     import torch
 
+    from ddpm.data import load_uint8_images
     from ddpm.evaluation.fid import parse_source
-    from ddpm.training.data import load_uint8_images
 
     source = parse_source(spec)
     cfg = unet.config
@@ -325,8 +325,8 @@ def _save_nll(path, results, summary) -> None:
 
 
 def run_nll(args) -> int:
+    from ddpm.data import DataError
     from ddpm.evaluation.nll import summarize
-    from ddpm.training.data import DataError
 
     start = time.perf_counter()
     try:
@@ -379,28 +379,8 @@ def _add_generate(sub, fmt) -> None:
     p.set_defaults(func=run_generate)
 
 
-def _init_distributed(device: str):
-    """Initialise torch.distributed when launched by torchrun (WORLD_SIZE > 1); returns (device, initialised)."""
-    import os
-
-    import torch
-    import torch.distributed as dist
-
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
-        return device, False
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device.startswith("cuda") and torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-        device = f"cuda:{local_rank}"
-        dist.init_process_group("nccl")
-    else:
-        dist.init_process_group("gloo")
-    return device, True
-
-
 def run_generate(args) -> int:
-    import torch.distributed as dist
-
+    from ddpm import distributed as ddist
     from ddpm.cli import speed as ddpm_speed
     from ddpm.evaluation.generate import generate_to_npz
 
@@ -414,7 +394,13 @@ def run_generate(args) -> int:
     if not args.out.endswith(".npz"):
         print(f"ddpm eval generate: --out must end in .npz, got {args.out}", file=sys.stderr)
         return 2
-    args.device, initialised = _init_distributed(args.device)
+    try:
+        info = ddist.init_distributed(args.device)  # joins torchrun's process group (WORLD_SIZE > 1)
+    except RuntimeError as err:
+        print(f"ddpm eval generate: {err}", file=sys.stderr)
+        return 2
+    if info.distributed:
+        args.device = str(info.device)
     try:
         start = time.perf_counter()
         pipeline = _load(args)
@@ -433,8 +419,7 @@ def run_generate(args) -> int:
             how = f", {speed.describe()}" if speed.describe() else ""
             print(f"wrote {args.num_samples} images to {out} ({time.perf_counter() - start:.1f} s{how})")
     finally:
-        if initialised:
-            dist.destroy_process_group()
+        ddist.shutdown(info)
     return 0
 
 

@@ -228,7 +228,7 @@ def source_hash(source: Source, num_samples: int | None, resolution: int | None,
 def _folder_resolution(folder: Path) -> int:
     from PIL import Image
 
-    from ddpm.training.data import DataError, find_images
+    from ddpm.data import DataError, find_images
 
     files = find_images(folder)
     if not files:
@@ -247,7 +247,7 @@ def iterate_source_images(
     """Yield uint8 NCHW tensors of a data source, ``chunk`` at a time: the first ``num_samples`` images, or with
     ``subset_seed`` a uniformly random subset of ``num_samples`` (drawn with that seed, kept in the set's order;
     useful for sets stored sorted by class, such as the CIFAR-10 folders)."""
-    from ddpm.training.data import ArrayImageDataset, open_dataset
+    from ddpm.data import ArrayImageDataset, open_dataset
 
     path = Path(source.path_or_name)
     if resolution is None and path.is_dir() and not any(path.glob("*images-idx3-ubyte*")):

@@ -225,7 +225,7 @@ class UNet2DModel(ModelMixin):
         restore_nchw = False
         if self.cpu_channels_last and sample.device.type == "cpu" and not _is_channels_last(sample):
             # oneDNN convolutions run faster on NHWC activations. With NCHW weights each convolution then copies its
-            # weight to NHWC, which pays from a few images on (measured: -13% at batch 16, +20% at batch 1), or
+            # weight to NHWC, which pays from a few images on (measured: docs/benchmarks.md), or
             # always when the weights are channels-last already (``model.to(memory_format=torch.channels_last)``).
             if sample.shape[0] >= CPU_CHANNELS_LAST_MIN_BATCH or _is_channels_last(self.conv_in.weight):
                 sample = sample.contiguous(memory_format=torch.channels_last)

@@ -7,8 +7,8 @@ Before and after are timed interleaved (medians), and the images of both are com
 
     .venv/bin/python -m benchmarks.fast_paths --threads 1       # CPU; writes the "fast-paths-cpu" section
 
-The compile row also gives the break-even point that ``ddpm sample --compile auto`` uses
-(:data:`ddpm.speed.CPU_COMPILE_MIN_IMAGE_STEPS`): compilation seconds / seconds saved per image-step.
+The compile rows also give the break-even point, compilation seconds / seconds saved per image-step, where compiling
+pays at all; ``--compile auto`` compiles only on the devices of :data:`ddpm.speed.COMPILE_PAYS_ON` (none so far).
 """
 
 from __future__ import annotations

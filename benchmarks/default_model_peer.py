@@ -3,7 +3,7 @@
 Issue #7 asks that the bundled model's FID is not beaten by "the same architecture trained with Diffusers'
 UNet2DModel and the same steps, batch and learning rate". This script trains that peer:
 
-* model: ``diffusers.UNet2DModel`` built from the preset's UNet config (``configs/fashion-mnist-default.json``);
+* model: ``diffusers.UNet2DModel`` built from the preset's UNet config (``fashion-mnist-default``);
 * data: the same 60,000 Fashion-MNIST training images at 28x28, scaled to [-1, 1], random horizontal flips, a shuffled
   ``DataLoader`` (Diffusers' example reads them through ``datasets``; the pixels are the same);
 * loop: Diffusers' ``examples/unconditional_image_generation/train_unconditional.py`` with its defaults for everything

@@ -8,10 +8,10 @@ import warnings
 
 import pytest
 import torch
+from benchmarks.flops import unet_forward_flops
 
 from ddpm import UNet2DModel, UNet2DOutput
 from ddpm.models.embeddings import get_timestep_embedding
-from ddpm.models.flops import unet_forward_flops
 
 diffusers = pytest.importorskip("diffusers")
 DUNet = diffusers.UNet2DModel

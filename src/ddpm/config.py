@@ -1,10 +1,11 @@
 """Configuration objects that round-trip through JSON in the Diffusers file format.
 
-Every configurable class of the library (scheduler, UNet, pipeline) derives from :class:`ConfigMixin` and decorates
-its ``__init__`` with :func:`register_to_config`. The constructor arguments, with their defaults filled in, become a
-read-only :class:`FrozenDict` available as ``obj.config``; ``save_config`` writes it as JSON with the same file name
-and keys as Diffusers (``scheduler_config.json``, ``config.json``), and ``from_config`` / ``from_pretrained`` build the
-object back, so files written by either library load in the other.
+The schedulers and the UNet derive from :class:`ConfigMixin` and decorate their ``__init__`` with
+:func:`register_to_config`. The constructor arguments, with their defaults filled in, become a read-only
+:class:`FrozenDict` available as ``obj.config``; ``save_config`` writes it as JSON with the same file name and keys as
+Diffusers (``scheduler_config.json``, ``config.json``), and ``from_config`` / ``from_pretrained`` build the object
+back, so files written by either library load in the other. The pipeline is not a ``ConfigMixin``: it writes and
+reads its ``model_index.json`` itself (:class:`ddpm.DDPMPipeline`).
 """
 
 from __future__ import annotations

@@ -283,8 +283,7 @@ class DDPMPipeline:
         """Move the UNet: ``.to(device)``, ``.to(dtype)``, ``.to(device, dtype)`` or keywords; returns ``self``.
 
         ``memory_format=torch.channels_last`` stores the UNet's weights channels-last (convolutions then run
-        channels-last): on CPU measured 1.15-1.25x faster at batch 16 and about even at batch 1
-        (``docs/benchmarks.md``); numerically the same up to float rounding.
+        channels-last), measured faster on CPU (``docs/benchmarks.md``); numerically the same up to float rounding.
         """
         device = kwargs.pop("device", None)
         dtype = kwargs.pop("dtype", None)
@@ -368,7 +367,7 @@ class DDPMPipeline:
     def compile(self, enabled: bool = True, *, freeze: bool | None = None, mode: str | None = None) -> DDPMPipeline:
         """Run the UNet through ``torch.compile`` in the denoising loop (``enabled=False`` goes back to eager).
 
-        The first call of each batch shape compiles (tens of seconds on a CPU); later calls reuse the code.
+        The first call of each batch shape compiles (its cost: ``docs/benchmarks.md``); later calls reuse the code.
         ``freeze`` (default: True on CPU) lets inductor treat the weights as constants (folds them, pre-packs
         oneDNN convolution weights): when the weights change afterwards (training, ``load_state_dict``) the next call
         notices (parameter version counters) and compiles again. ``mode`` is ``torch.compile``'s (e.g.

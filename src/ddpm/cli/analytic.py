@@ -136,7 +136,7 @@ def _run(args: argparse.Namespace) -> int:
     pipe = DDPMPipeline.from_pretrained(folder)
     unet, scheduler = pipe.unet.to(device), pipe.scheduler
     if device.type == "cpu":
-        unet.to(memory_format=torch.channels_last)  # measured faster on CPU (ddpm.speed)
+        unet.to(memory_format=torch.channels_last)  # measured faster on CPU (docs/benchmarks.md)
     T = scheduler.config.num_train_timesteps
     N = args.num_samples_per_timestep
     generator = torch.Generator().manual_seed(args.seed)

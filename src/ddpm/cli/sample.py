@@ -12,6 +12,9 @@ import math
 import sys
 from pathlib import Path
 
+from ddpm.cli import UsageError as _UsageError
+from ddpm.cli import run_guarded
+
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -137,10 +140,6 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-class _UsageError(Exception):
-    pass
-
-
 def _check_args(args: argparse.Namespace) -> None:
     if args.num_images < 1:
         raise _UsageError(f"--num-images must be >= 1, got {args.num_images}")
@@ -172,15 +171,7 @@ def _resolve_device(name: str):
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        return _run(args)
-    except _UsageError as err:
-        print(f"ddpm sample: error: {err}", file=sys.stderr)
-        return 2
-    except (OSError, ValueError, RuntimeError) as err:
-        message = " ".join(str(err).split()) or type(err).__name__
-        print(f"ddpm sample: error: {message}", file=sys.stderr)
-        return 1
+    return run_guarded("ddpm sample", _run, args)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -8,9 +8,8 @@ measured to pay (``docs/benchmarks.md``, "Fast paths"):
   activations; ``off`` runs plain NCHW throughout; ``auto`` = on for CPU, off for CUDA (not measured on a GPU yet).
   On CUDA, ``on`` stores the UNet's weights channels-last.
 * ``--compile``: ``torch.compile`` of the UNet (:meth:`ddpm.DDPMPipeline.compile`; on CPU with frozen weights).
-  ``auto`` never compiles: on the 2-core CPU the compiled UNet was measured 6-11% *slower* than our eager one
-  (bundled model at batch 16, small UNet at batch 1), and on a GPU it has not been measured yet. ``on`` compiles
-  (one compilation per batch shape).
+  ``auto`` never compiles: on CPU the compiled UNet was measured slower than our eager one, and on a GPU it has
+  not been measured yet (the numbers: ``docs/benchmarks.md``). ``on`` compiles (one compilation per batch shape).
 * ``--threads``: torch's intra-op threads (default: torch's choice, one per core).
 
 The fast paths give the reference images within 1e-4 on [0, 1] (``tests/test_pipeline_fast.py``).

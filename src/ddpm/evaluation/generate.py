@@ -173,7 +173,7 @@ def reverse_process(
     generator=None,
     callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
-    """Run the full-chain reverse process from ``x_t`` at timestep ``t_start`` (0..T-1, the paper's t_start + 1)
+    """Run the full-chain reverse process from ``x_t`` at timestep ``t_start`` (ours: :mod:`ddpm.schedulers.common`)
     down to x_0: the pipeline's loop (:func:`ddpm.pipeline.reverse_loop`) on the timesteps ``t_start, ..., 0``.
     Step noise is drawn from ``generator`` (one, or one per image) in Diffusers' order (one draw per step with
     t > 0). ``callback(t, x_{t-1}, predicted x_0)`` after each step. Returns x_0 in model space ([-1, 1])."""

@@ -9,7 +9,7 @@ computed in one pass over all T timesteps as the paper's code and improved-diffu
 each t one fresh x_t is drawn from q(x_t | x_0) (each KL is Rao-Blackwellised, so one draw per term suffices), the
 model is evaluated, and the term is averaged over the image's dimensions and divided by ln 2.
 
-Index convention: our t runs 0..T-1 and is the paper's t - 1. ``terms_bpd[:, 0]`` is the decoder term L_0 and
+Timesteps are ours (:mod:`ddpm.schedulers.common`). ``terms_bpd[:, 0]`` is the decoder term L_0 and
 ``terms_bpd[:, t]`` (t >= 1) is L_t = KL(q(x_t | x_{t+1}, x_0) || p(x_t | x_{t+1})) in the paper's numbering, the
 term of the reverse step that starts from our x_t.
 

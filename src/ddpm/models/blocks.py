@@ -30,12 +30,11 @@ class Conv2d(nn.Conv2d):
     """``nn.Conv2d`` (same parameters, same state_dict keys) that sends mid-sized single-image 3x3 convolutions to
     oneDNN in CPU float32 inference.
 
-    For one image of fewer than 20,480 input values PyTorch picks its im2col kernel over oneDNN. Measured on the
-    2-core AVX-512 machine (docs/benchmarks.md), oneDNN is 1.4-2x faster from 14x14 maps and 16x16 channels on (64
-    channels at 16x16: 113 us against 207-243 us), and slower below that, hence the bounds. Same results up to
-    float rounding; training and other devices and dtypes take the usual path. The switch is
-    ``fast_paths.onednn_single_image``: ``fast_paths`` is the setting of the UNet the convolution belongs to (its
-    ``set_fast_paths`` hands it down), the defaults for a convolution on its own.
+    For one image of fewer than 20,480 input values PyTorch picks its im2col kernel over oneDNN. Where it was measured
+    (docs/benchmarks.md), oneDNN is faster from 14x14 maps and 16x16 (input x output) channels on, and slower below,
+    hence the bounds. Same results up to float rounding; training and other devices and dtypes take the usual path.
+    The switch is ``fast_paths.onednn_single_image``: ``fast_paths`` is the setting of the UNet the convolution
+    belongs to (its ``set_fast_paths`` hands it down), the defaults for a convolution on its own.
     """
 
     def __init__(self, *args, fast_paths: FastPaths | None = None, **kwargs):
@@ -210,7 +209,8 @@ class Upsample2D(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, height, width = x.shape
         if x.device.type == "cpu" and x.is_contiguous() and height * width >= 64:
-            # On CPU, nearest x2 of an NCHW tensor as one broadcast copy is ~4x faster than upsample_nearest2d.
+            # On CPU, nearest x2 of an NCHW tensor as one broadcast copy is faster than upsample_nearest2d
+            # (docs/benchmarks.md).
             x = x[:, :, :, None, :, None].expand(b, c, height, 2, width, 2).reshape(b, c, 2 * height, 2 * width)
         else:
             if b >= 64:

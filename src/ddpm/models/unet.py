@@ -2,7 +2,7 @@
 
 Paper App. B: a U-Net over a Wide ResNet with GroupNorm, 2 residual blocks per resolution, self-attention at 16x16,
 and the sinusoidal time embedding added in every residual block. The network predicts epsilon (Eq. 11, 14); it knows
-nothing of the noise schedule. ``timestep`` is the scheduler's 0-based step ``t`` in 0..T-1 (the paper's t is ours + 1).
+nothing of the noise schedule. ``timestep`` is the scheduler's ``t`` (index convention: :mod:`ddpm.schedulers.common`).
 
 The Google DDPM checkpoints are reproduced by::
 

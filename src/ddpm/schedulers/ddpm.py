@@ -284,7 +284,7 @@ class DDPMScheduler(ForwardProcessMixin, SchedulerMixin):
     ) -> DDPMSchedulerOutput | tuple[torch.Tensor, torch.Tensor]:
         """One reverse step x_t → x_{t-1} ~ p(x_{t-1}|x_t) (paper Algorithm 2, generalised to strided schedules).
 
-        ``timestep`` is the current t (an element of ``self.timesteps``; 0..T-1, paper t + 1); the step goes to the
+        ``timestep`` is the current t (an element of ``self.timesteps``, in 0..T-1); the step goes to the
         next timestep of the schedule (``previous_timestep``). The model's x_0 estimate (eq. 15, or the model output
         itself, or from v) is clipped or thresholded as configured, the posterior mean (eq. 7) formed, and for
         t > 0 noise is added with the variance type's σ_t. Noise is drawn exactly as Diffusers draws it (same shape,
@@ -387,7 +387,7 @@ class DDPMScheduler(ForwardProcessMixin, SchedulerMixin):
     def q_mean_variance(self, x0: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Mean, variance and log-variance of q(x_t | x_0) = N(sqrt(ᾱ_t) x_0, (1 - ᾱ_t) I) (eq. 4).
 
-        ``t`` is an int or an int tensor [B] (0..T-1; paper t + 1). Variance and log-variance are broadcast (expanded
+        ``t`` is an int or an int tensor [B] (0..T-1). Variance and log-variance are broadcast (expanded
         views) to ``x0``'s shape. Like all the VLB terms, ᾱ here is the float64 cumulative product of the betas
         (the paper's code), not the float32 ``alphas_cumprod`` (they agree to ~6e-7 relative).
         """
@@ -431,7 +431,7 @@ class DDPMScheduler(ForwardProcessMixin, SchedulerMixin):
         log σ² = frac·log β_t + (1 - frac)·log β̃_t(clipped), frac = (v + 1) / 2. ``variance`` is always
         ``exp(log_variance)``.
 
-        ``t`` is an int or an int tensor [B] (0..T-1; paper t + 1). Returns dict(mean, variance, log_variance,
+        ``t`` is an int or an int tensor [B] (0..T-1). Returns dict(mean, variance, log_variance,
         pred_original_sample), each of ``x_t``'s shape.
         """
         t = self._timestep_tensor(t, x_t)

@@ -1,6 +1,6 @@
 """Training losses: the paper's L_simple and improved DDPM's hybrid loss for learned variances.
 
-Notation (index convention: t runs 0..T-1; the paper's t is ours + 1):
+Notation (timesteps as stated in :mod:`ddpm.schedulers.common`):
 
 * ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps`` (paper eq. 4, ``scheduler.add_noise``).
 * L_simple (paper eq. 14): the mean over pixels of ``(target - prediction)^2``, where the target is ``eps``

@@ -489,3 +489,18 @@ def test_ddim_form_with_eta_one_is_the_ddpm_form():
         xb = b.step(out, t, x, generator=torch.Generator().manual_seed(t)).prev_sample
         torch.testing.assert_close(xa, xb, rtol=1e-6, atol=1e-6)  # x̂0 uses the float32 √ᾱ, as DDPM
         x = xa
+
+
+def test_bundled_model_table_belongs_to_the_bundled_weights():
+    """src/ddpm/assets/default/analytic_dpm.json: recomputed whenever the bundled weights or schedule change."""
+    pipe = ddpm.DDPMPipeline.from_pretrained("ddpm/default")
+    for mean_type in ("ddpm", "ddim"):
+        sched = AnalyticDPMScheduler.from_pipeline(pipe, mean_type=mean_type)
+        sched.set_timesteps(10)
+        assert np.isfinite(sched.step_variances).all()
+    table = sched.moments
+    assert table.num_train_timesteps == 1000 and table.num_samples_per_timestep == 100
+    assert np.isfinite(table.moments).all() and table.mean_standard_error < 0.005
+    # Γ_t <= 1 for a good model, up to its standard error
+    assert (table.moments <= 1 + 3 * table.standard_errors).all()
+    assert "--num-samples-per-timestep 100" in table.metadata["command"]

@@ -371,7 +371,8 @@ def test_scheduler_config_round_trip_keeps_the_table_out(tmp_path):
     data = json.loads((tmp_path / "scheduler_config.json").read_text())
     assert data["mean_type"] == "ddim" and data["eta"] == 0.3 and "moments" not in data
     again = AnalyticDPMScheduler.from_pretrained(tmp_path)
-    assert dict(again.config) == dict(sched.config) and again.moments is None
+    public = lambda config: {k: v for k, v in config.items() if not k.startswith("_")}  # noqa: E731
+    assert public(again.config) == public(sched.config) and again.moments is None
     # swapped in from a DDPM config (the usual from_config swap), without warnings about its keys
     swapped = AnalyticDPMScheduler.from_config(ddpm.DDPMScheduler(num_train_timesteps=20).config)
     assert swapped.config.num_train_timesteps == 20 and swapped.config.mean_type == "ddpm"

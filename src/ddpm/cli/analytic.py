@@ -108,7 +108,7 @@ def _training_images(spec: str, unet_config, needed: int, generator):
     ``needed`` of its images chosen at random."""
     import torch
 
-    from ddpm.training import data as ddpm_data
+    from ddpm import data as ddpm_data
 
     size = unet_config.sample_size
     resolution = size if isinstance(size, int) else size[0]

@@ -4,6 +4,10 @@
   variational-bound terms (``schedulers/ddpm.py``).
 * :class:`DDIMScheduler`: Song et al. 2021's non-Markovian sampler, ``eta`` from deterministic (0) to DDPM-like (1).
 * :class:`DPMSolverMultistepScheduler`: DPM-Solver++ (Lu et al. 2022), multistep orders 1-3, ODE and SDE forms.
+* :class:`AnalyticDPMScheduler`: DDPM or DDIM steps with Analytic-DPM's optimal variance (Bao et al. 2022), from
+  the model's moment table (:class:`AnalyticMoments`, ``ddpm analytic-dpm``).
+
+Samplers by name (``ddpm``, ``ddim``, ``dpm-solver++``, ``analytic-ddpm``, ``analytic-ddim``): :mod:`.samplers`.
 
 All take Diffusers' constructor arguments and read and write its ``scheduler_config.json``, so
 ``DDIMScheduler.from_config(pipe.scheduler.config)`` swaps a sampler into a DDPM pipeline as in Diffusers.
@@ -24,6 +28,8 @@ _LAZY = {
     "DDIMSchedulerOutput": "ddpm.schedulers.ddim",
     "DPMSolverMultistepScheduler": "ddpm.schedulers.dpm_solver",
     "SchedulerOutput": "ddpm.schedulers.dpm_solver",
+    "AnalyticDPMScheduler": "ddpm.schedulers.analytic",
+    "AnalyticMoments": "ddpm.schedulers.analytic",
     "SchedulerMixin": "ddpm.schedulers.common",
     "VARIANCE_TYPES": "ddpm.schedulers.vocabulary",
     "LEARNED_VARIANCE_TYPES": "ddpm.schedulers.vocabulary",
@@ -34,7 +40,7 @@ _LAZY = {
 }
 
 #: The scheduler classes of the library by class name (the names ``model_index.json`` records).
-SCHEDULER_CLASSES = ("DDPMScheduler", "DDIMScheduler", "DPMSolverMultistepScheduler")
+SCHEDULER_CLASSES = ("DDPMScheduler", "DDIMScheduler", "DPMSolverMultistepScheduler", "AnalyticDPMScheduler")
 
 __all__ = [*sorted(_LAZY), "SCHEDULER_CLASSES", "scheduler_class"]
 
@@ -47,6 +53,7 @@ def scheduler_class(name: str) -> type:
 
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .analytic import AnalyticDPMScheduler, AnalyticMoments  # noqa: F401
     from .common import SchedulerMixin  # noqa: F401
     from .ddim import DDIMScheduler, DDIMSchedulerOutput  # noqa: F401
     from .ddpm import DDPMScheduler, DDPMSchedulerOutput  # noqa: F401

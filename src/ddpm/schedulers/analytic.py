@@ -632,8 +632,11 @@ class AnalyticDPMScheduler(SchedulerMixin):
         moments: AnalyticMoments | None = None,
     ):
         # ``moments`` is data, not configuration: keep it out of the config (and of scheduler_config.json).
-        self._internal_dict = type(self.config)({k: v for k, v in self.config.items() if k != "moments"})
-        self._use_default_values = [k for k in self._use_default_values if k != "moments"]
+        config = {k: v for k, v in self.config.items() if k != "moments"}
+        defaults = [k for k in config.pop("_use_default_values", []) if k != "moments"]
+        if defaults:
+            config["_use_default_values"] = defaults
+        self._internal_dict = type(self.config)(config)
         T = check_num_train_timesteps(num_train_timesteps)
         check_choice("beta_schedule", beta_schedule, BETA_SCHEDULES)
         check_choice("variance_type", variance_type, VARIANCE_TYPES)

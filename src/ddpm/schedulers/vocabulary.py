@@ -15,9 +15,9 @@ PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 #: How ``set_timesteps(n)`` picks n of the T training timesteps (arXiv:2305.08891, Table 2).
 TIMESTEP_SPACINGS = ("leading", "linspace", "trailing")
 
-#: Keys that Diffusers' schedulers write into ``scheduler_config.json``. A scheduler loaded from another scheduler's
-#: file (the usual ``X.from_config(other.config)`` swap) drops the ones it does not take without a warning, as
-#: Diffusers does; keys outside this list still get the "not expected and will be ignored" warning.
+#: Keys that Diffusers' schedulers (and this library's AnalyticDPMScheduler) write into ``scheduler_config.json``.
+#: A scheduler loaded from another scheduler's file (the usual ``X.from_config(other.config)`` swap) drops the ones it
+#: does not take without a warning, as Diffusers does; other keys get the "not expected and will be ignored" warning.
 DIFFUSERS_SCHEDULER_KEYS = (
     "num_train_timesteps",
     "beta_start",
@@ -54,12 +54,16 @@ DIFFUSERS_SCHEDULER_KEYS = (
     "euler_at_final",
     "lambda_min_clipped",
     "use_lu_lambdas",
+    # ddpm's own: AnalyticDPMScheduler's keys
+    "mean_type",
+    "clip_variance_steps",
+    "clip_variance_pixels",
     "skip_steps",
     "eta",
     "use_dynamic_shifting",
     "time_shift_type",
 )
 
-#: The samplers of ``ddpm sample --sampler`` and the pipelines' ``sampler=`` names: the scheduler each one uses is
-#: in :func:`ddpm.schedulers.make_sampler`. ``analytic-*`` need a model folder with an Analytic-DPM moment table.
+#: The samplers of ``ddpm sample --sampler`` and of ``DDPMPipeline.set_sampler``; the scheduler each one runs is
+#: chosen in :func:`ddpm.schedulers.samplers.make_scheduler`. ``analytic-*`` need the model's Analytic-DPM table.
 SAMPLERS = ("ddpm", "ddim", "dpm-solver++", "analytic-ddpm", "analytic-ddim")

@@ -24,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from benchmarks._report import DOCS, machine
@@ -43,10 +44,10 @@ def _row_name(sampler: str, steps: int, n: int, seed: int) -> str:
     return f"{sampler}-{steps}steps-n{n}-seed{seed}"
 
 
-def _load(model: str, sampler: str):
+def _load(model: str, sampler: str, device: str = "cpu"):
     from ddpm import DDPMPipeline
 
-    pipe = DDPMPipeline.from_pretrained(model)
+    pipe = DDPMPipeline.from_pretrained(model).to(device)
     pipe.unet.eval()
     pipe.set_progress_bar_config(disable=True)
     pipe.set_sampler(sampler)
@@ -54,21 +55,20 @@ def _load(model: str, sampler: str):
 
 
 def run_fid(args) -> None:
-    from ddpm.evaluation.fid import FeatureStatistics, fid_from_statistics, source_statistics
+    """Sample each row's images (kept as ``.npz``), then their Inception features (kept as ``.features.npy``), then
+    the FID of the first n images for every n of ``--fid-n`` (so n = 500 rows compare with earlier n = 500 numbers
+    without sampling again)."""
+    from ddpm.evaluation.fid import FeatureStatistics, compute_statistics, fid_from_statistics
     from ddpm.evaluation.generate import generate_to_npz
     from ddpm.evaluation.inception import InceptionFeatureExtractor
 
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    reference = FeatureStatistics.load(args.ref_stats)
+    reference = None
     extractor = None
     for steps in args.steps:
         for sampler in args.samplers:
             name = _row_name(sampler, steps, args.num_samples, args.seed)
-            result = work / f"{name}.json"
-            if result.is_file():
-                print(f"{name}: done before ({json.loads(result.read_text())['fid']:.2f})", file=sys.stderr)
-                continue
             npz = work / f"{name}.npz"
             start = time.perf_counter()
             if not npz.is_file():
@@ -76,24 +76,33 @@ def run_fid(args) -> None:
                 generate_to_npz(
                     pipe, args.num_samples, npz, seed=args.seed, batch_size=args.batch_size, num_inference_steps=steps
                 )
-            generation_s = time.perf_counter() - start
-            extractor = extractor or InceptionFeatureExtractor()
-            stats = source_statistics(str(npz), extractor=extractor)
-            fid = fid_from_statistics(stats, reference)
-            row = {
-                "sampler": sampler,
-                "steps": steps,
-                "num_samples": args.num_samples,
-                "seed": args.seed,
-                "fid": fid,
-                "reference": str(reference.source),
-                "reference_n": int(reference.n),
-                "generation_seconds": round(generation_s, 1),
-                "model": args.model,
-                "command": " ".join(sys.argv),
-            }
-            result.write_text(json.dumps(row, indent=2) + "\n")
-            print(f"{name}: FID {fid:.2f} ({generation_s:.0f} s to sample)", file=sys.stderr)
+                print(f"{name}: sampled ({time.perf_counter() - start:.0f} s)", file=sys.stderr)
+            if args.generate_only:
+                continue
+            features_file = work / f"{name}.features.npy"
+            if not features_file.is_file():
+                extractor = extractor or InceptionFeatureExtractor()
+                with np.load(npz) as data:
+                    images = data["images"]
+                features = extractor(images, batch_size=50)
+                np.save(features_file, features)
+            features = np.load(features_file)
+            reference = reference or FeatureStatistics.load(args.ref_stats)
+            for n in [n for n in args.fid_n if n <= len(features)]:
+                fid = fid_from_statistics(compute_statistics(features[:n]), reference)
+                row = {
+                    "sampler": sampler,
+                    "steps": steps,
+                    "num_samples": n,
+                    "seed": args.seed,
+                    "fid": fid,
+                    "reference": str(reference.source),
+                    "reference_n": int(reference.n),
+                    "model": args.model,
+                    "command": " ".join(sys.argv),
+                }
+                (work / f"{_row_name(sampler, steps, n, args.seed)}.json").write_text(json.dumps(row, indent=2) + "\n")
+                print(f"{sampler} {steps} steps, n = {n}: FID {fid:.2f}", file=sys.stderr)
 
 
 def run_time(args) -> None:
@@ -105,12 +114,14 @@ def run_time(args) -> None:
     work.mkdir(parents=True, exist_ok=True)
     rows = []
     for sampler in args.samplers:
-        pipe = _load(args.model, sampler)
+        pipe = _load(args.model, sampler, args.device)
         for steps in args.steps:
             times = []
             for r in range(args.repeats + 1):
+                _sync(args.device)
                 start = time.perf_counter()
                 pipe(batch_size=16, generator=image_generators(0, range(16)), num_inference_steps=steps, progress=False)
+                _sync(args.device)
                 if r:  # the first call warms up
                     times.append(time.perf_counter() - start)
             rows.append({"sampler": sampler, "steps": steps, "seconds_per_16": statistics.median(times)})
@@ -119,6 +130,11 @@ def run_time(args) -> None:
         rows.append(_time_diffusers(args))
     data = {"machine": machine(), "threads": torch.get_num_threads(), "rows": rows, "command": " ".join(sys.argv)}
     (work / "timing.json").write_text(json.dumps(data, indent=2) + "\n")
+
+
+def _sync(device: str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
 
 
 def _time_diffusers(args) -> dict:
@@ -131,11 +147,14 @@ def _time_diffusers(args) -> dict:
         unet = diffusers.UNet2DModel.from_config(dict(ours.unet.config))
         unet.load_state_dict(ours.unet.state_dict())
     theirs = diffusers.DDPMPipeline(unet=unet, scheduler=diffusers.DDPMScheduler.from_config(ours.scheduler.config))
+    theirs.to(args.device)
     theirs.set_progress_bar_config(disable=True)
     times = []
     for r in range(args.repeats + 1):
+        _sync(args.device)
         start = time.perf_counter()
-        theirs(batch_size=16, generator=torch.Generator().manual_seed(0), num_inference_steps=1000)
+        theirs(batch_size=16, generator=torch.Generator(args.device).manual_seed(0), num_inference_steps=1000)
+        _sync(args.device)
         if r:
             times.append(time.perf_counter() - start)
     row = {"sampler": "diffusers-ddpm", "steps": 1000, "seconds_per_16": statistics.median(times)}
@@ -281,20 +300,29 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--steps", default=",".join(map(str, STEPS)))
         p.add_argument("--threads", type=int, default=None)
         if name == "fid":
-            p.add_argument("--ref-stats", required=True)
-            p.add_argument("--num-samples", type=int, default=2000)
+            p.add_argument(
+                "--ref-stats", default=None, help="reference FID statistics (.npz); needed unless --generate-only"
+            )
+            p.add_argument("--generate-only", action="store_true", help="sample the rows' images, score nothing")
+            p.add_argument("--num-samples", type=int, default=2000, help="images sampled per row")
+            p.add_argument("--fid-n", default="500,1000,2000", help="FID of the first n images, for each n")
             p.add_argument("--seed", type=int, default=0)
             p.add_argument("--batch-size", type=int, default=250)
         else:
             p.add_argument("--repeats", type=int, default=3)
+            p.add_argument("--device", default="cpu", help="cpu or cuda")
             p.add_argument("--diffusers", action="store_true", help="also time Diffusers' DDPMPipeline, 1000 steps")
     args = parser.parse_args(argv)
+    if args.command == "fid" and not args.generate_only and not args.ref_stats:
+        parser.error("fid: --ref-stats is needed (or --generate-only)")
     if args.command != "report":
         args.samplers = [s for s in args.samplers.split(",") if s]
         unknown = sorted(set(args.samplers) - set(SAMPLERS))
         if unknown:
             parser.error(f"--samplers: unknown {unknown}; allowed: {', '.join(SAMPLERS)}")
         args.steps = [int(s) for s in args.steps.split(",") if s]
+        if args.command == "fid":
+            args.fid_n = [int(n) for n in args.fid_n.split(",") if n]
         if args.threads:
             torch.set_num_threads(args.threads)
     {"fid": run_fid, "time": run_time, "report": run_report}[args.command](args)

@@ -330,7 +330,7 @@ class ModelMixin(nn.Module, ConfigMixin):
             expected = model.state_dict()
             mismatched = [
                 (k, state_dict[k].shape, expected[k].shape)
-                for k in expected
+                for k in sorted(expected)
                 if k in state_dict and state_dict[k].shape != expected[k].shape
             ]
         if mismatched:

@@ -25,8 +25,10 @@ from ..config import ConfigMixin
 logger = logging.getLogger(__name__)
 
 
-class WeightsMismatchError(ValueError):
-    """A weights file does not fit the model built from its config (missing, unexpected or mis-shaped tensors)."""
+class WeightsMismatchError(ValueError, RuntimeError):
+    """A weights file does not fit the model built from its config (missing, unexpected or mis-shaped tensors).
+
+    Also a ``RuntimeError``: what Diffusers (``torch.nn.Module.load_state_dict``) raises for mis-shaped tensors."""
 
 
 # ---------------------------------------------------------------------------------------------------------------

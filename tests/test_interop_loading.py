@@ -125,6 +125,9 @@ def test_device_map_on_one_device(folder, device_map):
         else:
             reference = diffusers.UNet2DModel.from_pretrained(folder, device_map=device_map)
     assert ours.device.type == reference.device.type
+    assert ours.hf_device_map == (device_map if isinstance(device_map, dict) else {"": ours.device})
+    if hasattr(reference, "hf_device_map"):
+        assert ours.hf_device_map == reference.hf_device_map
     same_weights(ours.cpu(), reference.cpu())
 
 

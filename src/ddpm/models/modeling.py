@@ -265,7 +265,8 @@ class ModelMixin(nn.Module, ConfigMixin):
         * ``device_map``: a device (``"cpu"``, ``"cuda:0"``, an accelerator index, a ``torch.device`` or
           ``{"": device}``) puts the whole model there; ``"auto"``, ``"balanced"``, ``"balanced_low_0"`` and
           ``"sequential"`` put it on the accelerator when there is one, else on the CPU (one device; maps that spread
-          the model over several devices raise ``NotImplementedError``). ``device`` (ddpm's own) does the same.
+          the model over several devices raise ``NotImplementedError``); ``model.hf_device_map`` records it, as in
+          Diffusers. ``device`` (ddpm's own) places the model too.
         * ``variant``, ``use_safetensors`` (None: safetensors, else the pickled ``.bin`` through
           ``torch.load(weights_only=True)``; True: safetensors only; False: ``.bin`` only), sharded folders (an index
           JSON plus shards, also older Diffusers' variant names) and ``subfolder``.
@@ -354,6 +355,11 @@ class ModelMixin(nn.Module, ConfigMixin):
             model.to(dtype=torch_dtype)
         model.register_to_config(_name_or_path=str(pretrained_model_name_or_path))
         model.eval()
+        if target is not None:
+            # As Diffusers records it: a dict as given, an index as given, a device name as a torch.device.
+            model.hf_device_map = dict(device_map) if isinstance(device_map, dict) else {"": target}
+            if isinstance(device_map, int):
+                model.hf_device_map = {"": device_map}
         if output_loading_info:
             info = {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": mismatched, "error_msgs": []}
             return model, info
@@ -384,7 +390,9 @@ def accelerator_device() -> torch.device:
     current = getattr(torch, "accelerator", None)
     if current is not None and current.is_available():
         accel = current.current_accelerator()
-        return torch.device(accel.type, current.current_device_index()) if accel.type != "mps" else accel
+        # torch 2.6 names it current_device_idx
+        index = getattr(current, "current_device_index", None) or getattr(current, "current_device_idx", None)
+        return torch.device(accel.type) if accel.type == "mps" or index is None else torch.device(accel.type, index())
     if torch.cuda.is_available():
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")

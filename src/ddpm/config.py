@@ -45,7 +45,9 @@ WEIGHT_LOADING_KWARGS = (
     "ignore_mismatched_sizes",
     "disable_mmap",
     "quantization_config",
+    "parallel_config",
     "use_flashpack",
+    "flashpack_kwargs",
     "user_agent",
 )
 

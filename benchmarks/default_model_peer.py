@@ -3,7 +3,7 @@
 Issue #7 asks that the bundled model's FID is not beaten by "the same architecture trained with Diffusers'
 UNet2DModel and the same steps, batch and learning rate". This script trains that peer:
 
-* model: ``diffusers.UNet2DModel`` built from the preset's UNet config (``configs/fashion-mnist-default.json``);
+* model: ``diffusers.UNet2DModel`` built from the preset's UNet config (``fashion-mnist-default``);
 * data: the same 60,000 Fashion-MNIST training images at 28x28, scaled to [-1, 1], random horizontal flips, a shuffled
   ``DataLoader`` (Diffusers' example reads them through ``datasets``; the pixels are the same);
 * loop: Diffusers' ``examples/unconditional_image_generation/train_unconditional.py`` with its defaults for everything
@@ -84,7 +84,7 @@ def noise_mse(pipelines: list[str], data: str = "fashion-mnist@test", n: int = 5
     images at t = 10, 50, 150, 500, 900, and its mean over t = 25, 75, ..., 975 (the L_simple test loss). The
     same images, noise and t for every model."""
     from ddpm import DDPMPipeline
-    from ddpm.training.data import open_dataset, to_model_range
+    from ddpm.data import open_dataset, to_model_range
 
     name, _, split = data.partition("@")
     x0 = to_model_range(open_dataset(name, split=split or "test").images[:n])
@@ -140,8 +140,8 @@ def main(argv=None) -> int:
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
 
+    from ddpm.data import open_dataset, to_model_range
     from ddpm.training.config import resolve_config
-    from ddpm.training.data import open_dataset, to_model_range
 
     cfg = resolve_config(args.preset)
     steps = args.max_steps or cfg.max_steps

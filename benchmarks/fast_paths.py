@@ -7,8 +7,9 @@ Before and after are timed interleaved (medians), and the images of both are com
 
     .venv/bin/python -m benchmarks.fast_paths --threads 1       # CPU; writes the "fast-paths-cpu" section
 
-The compile row also gives the break-even point that ``ddpm sample --compile auto`` uses
-(:data:`ddpm.speed.CPU_COMPILE_MIN_IMAGE_STEPS`): compilation seconds / seconds saved per image-step.
+The compile row also gives the break-even point behind ``ddpm sample --compile auto``
+(:data:`ddpm.cli.speed.COMPILE_PAYS_ON`): compilation seconds / seconds saved per image-step. Each "before" is the
+pipeline's or the model's own ``FastPaths`` setting with one switch off (nothing global is changed).
 """
 
 from __future__ import annotations
@@ -37,24 +38,23 @@ def _pipeline(kind: str):
 
 
 def _copy(pipe, **settings):
-    """A private copy of ``pipe`` set up as the variant the settings name (``benchmarks.sampling.variant``)."""
+    """A private copy of ``pipe`` set up as the variant the settings name (``benchmarks.sampling.variant``);
+    ``onednn=False`` turns the copy's single-image oneDNN route off."""
     from benchmarks.sampling import variant
 
     names = {"nchw": "nchw", "compile": "compiled", "dtype": "bfloat16"}
-    return variant(pipe, next((names[k] for k in settings if k in names), "ours"))
+    out = variant(pipe, next((names[k] for k in settings if k in names), "ours"))
+    if "onednn" in settings:
+        out.set_fast_paths(onednn_single_image=settings["onednn"])
+    return out
 
 
-def _sampler(pipe, batch: int, steps: int, onednn: bool = True):
-    from ddpm.models.blocks import Conv2d
+def _sampler(pipe, batch: int, steps: int):
     from ddpm.pipeline import image_generators
 
     def run():
-        Conv2d.onednn_single_image = onednn
-        try:
-            gens = image_generators(0, range(batch))
-            return pipe(batch_size=batch, generator=gens, num_inference_steps=steps, output_type="pt").images
-        finally:
-            Conv2d.onednn_single_image = True
+        gens = image_generators(0, range(batch))
+        return pipe(batch_size=batch, generator=gens, num_inference_steps=steps, output_type="pt").images
 
     return run
 
@@ -73,7 +73,7 @@ def sampling_rows(args) -> list[dict]:
         what = f"sampling, {'default model' if model == 'default' else 'small UNet'}, batch {batch}, {steps} steps"
         cases = [
             ("oneDNN for single-image 3x3 convolutions (UNet default)", dict(onednn=False), {}),
-            ("channels-last weights (pipeline default on CPU)", dict(nchw=True), {}),
+            ("channels-last weights and activations (pipeline default on CPU)", dict(nchw=True), {}),
             ("torch.compile, frozen weights", {}, dict(compile=True)),
             ("bfloat16", {}, dict(dtype=torch.bfloat16)),
         ]
@@ -81,7 +81,7 @@ def sampling_rows(args) -> list[dict]:
             if "onednn" in before_kw and batch > 1:
                 continue  # the route only exists for single images
             before, after = _copy(base, **before_kw), _copy(base, **after_kw)
-            run_before = _sampler(before, batch, steps, onednn=before_kw.get("onednn", True))
+            run_before = _sampler(before, batch, steps)
             run_after = _sampler(after, batch, steps)
             _, ref = _first_call(run_before)
             first_after, out = _first_call(run_after)
@@ -146,7 +146,7 @@ def training_rows(args) -> list[dict]:
         torch.manual_seed(0)
         model = UNet2DModel(**cfg.unet_config()).train()
         if nchw:
-            model.cpu_channels_last = False
+            model.set_fast_paths(channels_last=False)
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, **({"fused": True} if fused else {"foreach": True}))
         fwd = torch.compile(model, dynamic=False) if compile else model
 
@@ -178,7 +178,7 @@ def training_rows(args) -> list[dict]:
         print(_line(rows[-1]), flush=True)
 
     # Data loading: the trainer's loader on the real data set against what one training step consumes.
-    from ddpm.training.data import open_dataset, to_model_range
+    from ddpm.data import open_dataset, to_model_range
 
     try:
         dataset = open_dataset("fashion-mnist", resolution=28, channels=1)

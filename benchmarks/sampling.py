@@ -81,7 +81,7 @@ def variant(ours, name: str):
     pipe = ddpm.DDPMPipeline(copy.deepcopy(ours.unet), ours.scheduler)
     pipe.set_progress_bar_config(disable=True)
     if name == "nchw":
-        pipe.cpu_channels_last = False
+        pipe.set_fast_paths(channels_last=False)
     elif name == "compiled":
         pipe.compile()
     elif name == "bfloat16":
@@ -135,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=["ours"],
         choices=VARIANTS,
         help="our pipelines to time against Diffusers: ours (the defaults: channels-last on CPU), nchw (the plain "
-        "NCHW path, cpu_channels_last=False), compiled (pipe.compile(); compilation untimed, reported), bfloat16",
+        "NCHW path, pipe.set_fast_paths(channels_last=False)), compiled (pipe.compile(); compilation untimed, "
+        "reported), bfloat16",
     )
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     parser.add_argument("--no-write", action="store_true", help="print only; do not update docs/benchmarks")
@@ -232,9 +233,9 @@ def collect(args: argparse.Namespace) -> Section:
         notes += f" Peak memory: one run per side, measured separately after the timing: {memory_method(args.device)}."
     notes += (
         " `ours`: the defaults (on CPU the pipeline runs the UNet channels-last); `ours, NCHW`: "
-        "`pipe.cpu_channels_last = False`, the plain reference path; `ours, compiled`: `pipe.compile()` (frozen "
-        "weights on CPU), timed after its compilation, whose cost is `first_call_s` in the JSON; `ours, bfloat16`: "
-        "`pipe.to(torch.bfloat16)` (max abs diff then measures the precision loss, not a bug)."
+        "`pipe.set_fast_paths(channels_last=False)`, the plain NCHW path at every batch size; `ours, compiled`: "
+        "`pipe.compile()` (frozen weights on CPU), timed after its compilation, whose cost is `first_call_s` in the "
+        "JSON; `ours, bfloat16`: `pipe.to(torch.bfloat16)` (max abs diff then measures the precision loss, not a bug)."
     )
     return Section(f"sampling-{args.device}", f"Sampling ({args.device})", table, rows, notes)
 

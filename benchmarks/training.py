@@ -12,7 +12,7 @@ its own (``benchmarks._report.peak_memory``). Run::
     .venv/bin/python -m benchmarks.training --device cuda   # CIFAR-10 preset (35.7M), batch 128, fp32 and bf16
 
 TFLOP/s = images/s x 3 x (forward FLOPs per image) (backward ~ 2x forward), with 11.76 GFLOP per CIFAR-10 image
-(``ddpm.models.flops.unet_forward_flops``).
+(``benchmarks.flops.unet_forward_flops``).
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ def collect(args: argparse.Namespace) -> Section:
     """Time one optimisation step of both loops for every case; the section for docs/benchmarks.md."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    from ddpm.models.flops import unet_forward_flops
+    from benchmarks.flops import unet_forward_flops
 
     if args.device == "cuda":
         if not torch.cuda.is_available():
@@ -167,7 +167,7 @@ def collect(args: argparse.Namespace) -> Section:
     notes = (
         "One optimisation step each (loss, backward, clip 1.0, Adam, EMA 0.9999), same initial weights, same batch; "
         f"median of {repeats} interleaved steps after {args.warmup} warm-up step(s). "
-        "TFLOP/s counts 3x the forward FLOPs per image (`ddpm.models.flops`)."
+        "TFLOP/s counts 3x the forward FLOPs per image (`benchmarks.flops`)."
     )
     if not args.no_memory:
         notes += f" Peak memory: one step per side, measured separately after the timing: {memory_method(args.device)}."

@@ -4,7 +4,7 @@
     .venv/bin/python -m benchmarks.unet_forward --device cuda   # GPU, batch 1, 64, 256 in float32 and bfloat16
 
 Both models run under ``torch.inference_mode()``; times are medians of interleaved repetitions (``time_pair``).
-Achieved TFLOP/s use :func:`ddpm.models.flops.unet_forward_flops` (11.76 GFLOP per 32x32 image: convolutions and the
+Achieved TFLOP/s use :func:`benchmarks.flops.unet_forward_flops` (11.76 GFLOP per 32x32 image: convolutions and the
 attention products, 2 FLOPs per multiply-add).
 """
 
@@ -17,8 +17,8 @@ import warnings
 import torch
 
 from benchmarks._report import Section, command_line, time_pair, write_section
+from benchmarks.flops import unet_forward_flops
 from ddpm import UNet2DModel
-from ddpm.models.flops import unet_forward_flops
 
 CIFAR10 = dict(
     sample_size=32,
@@ -134,7 +134,7 @@ def collect(args: argparse.Namespace) -> Section:
     notes = (
         "CIFAR-10 DDPM UNet (35.7M parameters), one forward at 32x32 under `torch.inference_mode()`, the same random "
         "weights in both. FLOPs per image: 11.76 GFLOP (convolutions + attention products, 2 FLOPs per multiply-add; "
-        "`ddpm.models.flops.unet_forward_flops`). Ratio = Diffusers time / our time. On CPU, from batch 4 on our "
+        "`benchmarks.flops.unet_forward_flops`). Ratio = Diffusers time / our time. On CPU, from batch 4 on our "
         "forward runs on channels-last activations (oneDNN convolutions are faster on NHWC); Diffusers runs as is."
     )
     if cuda:

@@ -110,8 +110,12 @@ def test_speed_options_same_images(model, tmp_path, capsys):
     [
         (["--num-images", "0"], "--num-images must be >= 1"),
         (["--batch-size", "0"], "--batch-size must be >= 1"),
-        (["--steps", "0"], "--steps must be >= 1"),
-        (["--steps", "51"], "--steps must be <= 50"),
+        (["--num-inference-steps", "0"], "--num-inference-steps must be >= 1"),
+        (["--num-inference-steps", "51"], "--num-inference-steps must be <= 50"),
+        (["--eta", "-1"], "--eta must be a finite number >= 0"),
+        (["--eta", "nan"], "--eta must be a finite number >= 0"),
+        (["--sampler", "ddpm", "--eta", "0.5"], "--eta applies to --sampler ddim / analytic-ddim only"),
+        (["--sampler", "analytic-ddpm"], "ddpm analytic-dpm"),
         (["--seed", "-1"], "--seed must be >= 0"),
         (["--out", "x.jpg"], "--out must end in .png or .npz"),
         (["--threads", "0"], "--threads must be >= 1"),
@@ -121,6 +125,14 @@ def test_bad_options_print_one_line(model, tmp_path, capsys, args, match):
     assert sample(model, *args) != 0
     err = capsys.readouterr().err.strip()
     assert match in err and "\n" not in err and "Traceback" not in err
+
+
+def test_old_steps_spelling_still_works_with_a_warning(model, tmp_path, capsys):
+    assert sample(model, "--num-images", "1", "--steps", "2", "--out", str(tmp_path / "a.npz")) == 0
+    err = capsys.readouterr().err
+    assert "--steps is deprecated; use --num-inference-steps" in err and "ddpm 2 steps" in err
+    assert sample(model, "--steps", "0") == 2
+    assert "--num-inference-steps must be >= 1" in capsys.readouterr().err
 
 
 def test_missing_model_and_no_bundled_model(tmp_path, capsys, monkeypatch):

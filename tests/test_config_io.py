@@ -27,7 +27,7 @@ def test_frozen_dict_is_read_only_with_attribute_access():
 
 def test_config_records_defaults_and_round_trips(tmp_path):
     t = Toy(a=5)
-    assert dict(t.config) == {"a": 5, "b": "x", "c": (1, 2)}
+    assert dict(t.config) == {"a": 5, "b": "x", "c": (1, 2), "_use_default_values": ["b", "c"]}
     path = t.save_config(tmp_path)
     data = json.loads(path.read_text())
     assert data["_class_name"] == "Toy" and data["a"] == 5 and data["c"] == [1, 2]

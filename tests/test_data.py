@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ddpm.training.data import DataError, load_uint8_images, open_dataset, read_idx_images, to_model_range
+from ddpm.data import DataError, load_uint8_images, open_dataset, read_idx_images, to_model_range
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 

@@ -43,7 +43,7 @@ def test_samples_are_images_and_deterministic(pipe):
 @pytest.mark.skipif(not FASHION.is_dir(), reason="dataset-fashion-mnist not installed")
 def test_model_predicts_the_noise_of_real_test_images(pipe):
     # A trained epsilon-model removes most of the noise at every level; an untrained one has MSE >= 1.
-    from ddpm.training.data import open_dataset, to_model_range
+    from ddpm.data import open_dataset, to_model_range
 
     x0 = to_model_range(open_dataset("fashion-mnist", split="test").images[:64])
     g = torch.Generator().manual_seed(0)

@@ -9,7 +9,8 @@ import torch
 
 import ddpm
 from _helpers import tiny_unet
-from ddpm.models.unet import _is_channels_last
+from ddpm.models import FastPaths
+from ddpm.models.fast_paths import is_channels_last as _is_channels_last
 
 TOL = 1e-4  # on images in [0, 1]
 
@@ -39,7 +40,7 @@ def attention_unet(seed: int = 0) -> ddpm.UNet2DModel:
 
 def reference_pipeline(unet) -> ddpm.DDPMPipeline:
     pipe = ddpm.DDPMPipeline(unet, ddpm.DDPMScheduler(variance_type="fixed_large"))
-    pipe.cpu_channels_last = False
+    pipe.set_fast_paths(FastPaths.off())  # plain NCHW, PyTorch's own kernel choices
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -56,7 +57,7 @@ def test_cpu_channels_last_is_the_default_and_gives_the_same_images():
 
     pipe = ddpm.DDPMPipeline(unet, ddpm.DDPMScheduler(variance_type="fixed_large"))
     pipe.set_progress_bar_config(disable=True)
-    assert pipe.cpu_channels_last
+    assert pipe.fast_paths == FastPaths() and pipe.fast_paths.channels_last
     got = sample(pipe)
     assert _is_channels_last(unet.conv_in.weight)
     assert got.is_contiguous()
@@ -120,7 +121,7 @@ def test_user_compiled_unet_saves_plain_keys(tmp_path):
 
 
 def test_speed_plan_auto_rules():
-    from ddpm import speed
+    from ddpm.cli import speed
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     # auto: channels-last on CPU (measured faster); compile nowhere (measured slower on CPU, unmeasured on a GPU).
@@ -137,11 +138,11 @@ def test_speed_plan_auto_rules():
 
 
 def test_speed_plan_applies_to_the_pipeline():
-    from ddpm import speed
+    from ddpm.cli import speed
 
     pipe = ddpm.DDPMPipeline(attention_unet(), ddpm.DDPMScheduler())
     speed.apply(pipe, torch.device("cpu"), speed.SpeedPlan(channels_last=False, compile=True, threads=1))
-    assert pipe.is_compiled and not pipe.cpu_channels_last
+    assert pipe.is_compiled and not pipe.fast_paths.channels_last
     speed.apply(pipe, torch.device("cpu"), speed.SpeedPlan(channels_last=True, compile=False, threads=1))
-    assert not pipe.is_compiled and pipe.cpu_channels_last
+    assert not pipe.is_compiled and pipe.fast_paths.channels_last
     assert speed.SpeedPlan(True, True, 2).describe() == "2 thread(s), channels-last, compiled"

@@ -34,8 +34,8 @@ def _samples(tmp_path, name: str, dtype: str, seed: int):
 
 
 def test_bfloat16_fid_is_within_the_float32_noise(tmp_path):
+    from ddpm.data import open_dataset
     from ddpm.evaluation.fid import fid
-    from ddpm.training.data import open_dataset
 
     try:
         open_dataset("fashion-mnist", split="test")

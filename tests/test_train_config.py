@@ -9,7 +9,6 @@ import torch
 from ddpm.cli import main
 from ddpm.training.config import (
     PRESET_DIR,
-    REPO_CONFIGS,
     ConfigError,
     TrainConfig,
     preset_names,
@@ -74,11 +73,27 @@ def test_defaults_are_the_cifar10_recipe():
     assert resolve_config("cifar10").to_dict() | {"description": ""} == TrainConfig().validate().to_dict()
 
 
-def test_shipped_presets_match_repository_configs():
-    shipped = {p.name: p.read_bytes() for p in PRESET_DIR.glob("*.json")}
-    repo = {p.name: p.read_bytes() for p in REPO_CONFIGS.glob("*.json")}
-    assert repo and shipped == repo
+def test_presets_live_in_one_folder():
     assert {"cifar10", "celebahq256", "lsun256", "fashion-mnist-small"} <= set(preset_names())
+    assert sorted(p.stem for p in PRESET_DIR.glob("*.json")) == preset_names()
+    assert not (ROOT / "configs").exists()  # no second copy to drift
+
+
+def test_a_preset_name_resolves_the_same_from_any_directory(tmp_path, monkeypatch, capsys):
+    shipped = resolve_config("fashion-mnist-small").to_dict()
+    # decoys that the old lookup (working directory first) would have picked up
+    (tmp_path / "configs").mkdir()
+    for decoy in (tmp_path / "configs" / "fashion-mnist-small.json", tmp_path / "fashion-mnist-small"):
+        decoy.write_text(json.dumps({"batch_size": 3}))
+    monkeypatch.chdir(tmp_path)
+    assert resolve_config("fashion-mnist-small").to_dict() == shipped
+    assert main(["train", "--config", "fashion-mnist-small", "--dry-run"]) == 0
+    assert json.loads(capsys.readouterr().out)["batch_size"] == shipped["batch_size"] != 3
+    # a path names a file: relative to the working directory, as any path
+    assert resolve_config("./fashion-mnist-small").batch_size == 3
+    assert resolve_config("configs/fashion-mnist-small.json").batch_size == 3
+    with pytest.raises(ConfigError, match=r"no preset 'missing\.json': no such file"):
+        resolve_config("missing.json")
 
 
 def test_precedence_and_model_config(tmp_path):

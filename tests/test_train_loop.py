@@ -15,10 +15,10 @@ import pytest
 import torch
 from PIL import Image
 
+from ddpm.data import DataError
 from ddpm.training import checkpoint as ckpt
 from ddpm.training import trainer as trainer_mod
 from ddpm.training.config import resolve_config
-from ddpm.training.data import DataError
 from ddpm.training.trainer import NonFiniteLossError, Trainer, TrainingError
 
 TINY_UNET = {

@@ -8,10 +8,10 @@ import warnings
 
 import pytest
 import torch
+from benchmarks.flops import unet_forward_flops
 
 from ddpm import UNet2DModel, UNet2DOutput
 from ddpm.models.embeddings import get_timestep_embedding
-from ddpm.models.flops import unet_forward_flops
 
 diffusers = pytest.importorskip("diffusers")
 DUNet = diffusers.UNet2DModel
@@ -291,7 +291,7 @@ def test_channels_last_input_and_weights(tiny_pair, batch):
             assert rel_err(model_cl(inp, 5).sample, ref) < 1e-5
         assert model_cl(x, 5).sample.is_contiguous()
         nchw = copy.deepcopy(ours)
-        nchw.cpu_channels_last = False
+        nchw.set_fast_paths(channels_last=False)
         assert rel_err(nchw(x, 5).sample, ref) < 1e-5
 
 

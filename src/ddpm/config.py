@@ -1,10 +1,11 @@
 """Configuration objects that round-trip through JSON in the Diffusers file format.
 
-Every configurable class of the library (scheduler, UNet, pipeline) derives from :class:`ConfigMixin` and decorates
-its ``__init__`` with :func:`register_to_config`. The constructor arguments, with their defaults filled in, become a
-read-only :class:`FrozenDict` available as ``obj.config``; ``save_config`` writes it as JSON with the same file name
-and keys as Diffusers (``scheduler_config.json``, ``config.json``), and ``from_config`` / ``from_pretrained`` build the
-object back, so files written by either library load in the other.
+The schedulers and the UNet derive from :class:`ConfigMixin` and decorate their ``__init__`` with
+:func:`register_to_config`. The constructor arguments, with their defaults filled in, become a read-only
+:class:`FrozenDict` available as ``obj.config``; ``save_config`` writes it as JSON with the same file name and keys as
+Diffusers (``scheduler_config.json``, ``config.json``), and ``from_config`` / ``from_pretrained`` build the object
+back, so files written by either library load in the other. The pipeline is not a ``ConfigMixin``: it writes and
+reads its ``model_index.json`` itself (:class:`ddpm.DDPMPipeline`).
 """
 
 from __future__ import annotations
@@ -136,10 +137,18 @@ def _to_json_value(value: Any) -> Any:
     return value
 
 
+#: The config key listing the constructor arguments the caller did not give (they took the class's default).
+USE_DEFAULT_VALUES = "_use_default_values"
+
+
 def register_to_config(init):
     """Decorate ``__init__`` so that its bound arguments (defaults included) become ``self.config``.
 
     Keyword arguments starting with ``_`` are kept in the config but not passed to ``__init__`` (as in Diffusers).
+    The arguments the caller did not pass (neither by keyword nor by position) are listed, in signature order, under
+    ``config["_use_default_values"]`` (absent when every argument was passed), as Diffusers' decorator does: it is
+    never written to JSON, and :meth:`ConfigMixin.from_config` lets the target class use its own default for them.
+    Unlike Diffusers, an argument passed by position counts as given (Diffusers lists it as a default).
     """
 
     signature = inspect.signature(init)
@@ -160,8 +169,11 @@ def register_to_config(init):
                 values.update(values.pop(name, {}))
             elif param.kind is inspect.Parameter.VAR_POSITIONAL:
                 values.pop(name, None)
-        self._use_default_values = sorted(set(values) - explicit)
-        self.register_to_config(**values, **private)
+        defaults = [k for k in values if k not in explicit]
+        if defaults:  # else a list passed in (``cls(**other.config)``) stays, as in Diffusers
+            private[USE_DEFAULT_VALUES] = defaults
+        listed = private.pop(USE_DEFAULT_VALUES, None)
+        self.register_to_config(**private, **values, **({} if listed is None else {USE_DEFAULT_VALUES: list(listed)}))
         init(self, *args, **public)
 
     wrapper.__signature__ = signature
@@ -178,6 +190,8 @@ class ConfigMixin:
     config_name: str = "config.json"
     #: Config keys that an older file may carry and that this class knowingly ignores (no warning).
     _ignored_config_keys: tuple[str, ...] = ()
+    #: Retired keys that ``from_config`` drops instead of carrying them along in the config.
+    _dropped_config_keys: tuple[str, ...] = ("predict_epsilon",)
 
     # -- state ---------------------------------------------------------------------------------------------------
     def register_to_config(self, **kwargs) -> None:
@@ -257,15 +271,20 @@ class ConfigMixin:
     def from_config(cls, config: dict[str, Any] | FrozenDict | None = None, **overrides):
         """Build an object from a config dict (e.g. another object's ``.config``); ``overrides`` win.
 
-        Keys the constructor does not take are ignored with a warning (private ``_`` keys silently), and keys a file
-        recorded as "default" (``_use_default_values``) take this class's default.
+        As Diffusers' ``from_config``: keys listed in ``config["_use_default_values"]`` (arguments the source object
+        was not given) are skipped, so this class uses its own default for them; keys the constructor does not take
+        are ignored (silently for private ``_`` keys and other schedulers' keys, ``_ignored_config_keys``; with a
+        warning otherwise), and the silently ignored ones are kept in the new object's config (``_class_name`` set to
+        this class) so that a swap back recovers them. A config read from a file has no ``_use_default_values``:
+        the keys missing from the file are the ones that take defaults.
         """
         if config is None:
             raise ValueError("Please make sure to provide a config as the first positional argument.")
         if isinstance(config, (str, os.PathLike)):
             config = cls.load_config(config)
         config = dict(config)
-        use_defaults = set(config.pop("_use_default_values", []) or [])
+        use_defaults = set(config.pop(USE_DEFAULT_VALUES, None) or [])
+        config = {k: v for k, v in config.items() if k not in use_defaults}
         params = cls._init_parameters()
         init_kwargs: dict[str, Any] = {}
         unexpected = []
@@ -273,8 +292,7 @@ class ConfigMixin:
             if key.startswith("_"):
                 continue
             if key in params:
-                if key not in use_defaults:
-                    init_kwargs[key] = value
+                init_kwargs[key] = value
             elif key not in cls._ignored_config_keys:
                 unexpected.append(key)
         unknown_overrides = [k for k in overrides if k not in params]
@@ -289,7 +307,19 @@ class ConfigMixin:
                 {k: config[k] for k in unexpected},
                 cls.__name__,
             )
-        return cls(**init_kwargs)
+        obj = cls(**init_kwargs)
+        # Keep what the constructor did not take (another scheduler's keys, the file's private keys) in the config, so
+        # that swapping back (``Other.from_config(obj.config)``) recovers them, as Diffusers does.
+        hidden = {
+            k: v
+            for k, v in config.items()
+            if k not in init_kwargs and k not in params and k not in unexpected and k not in cls._dropped_config_keys
+        }
+        if hidden:
+            if "_class_name" in hidden:
+                hidden["_class_name"] = cls.__name__
+            obj.register_to_config(**hidden)
+        return obj
 
     @classmethod
     def from_pretrained(

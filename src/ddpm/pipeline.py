@@ -23,7 +23,7 @@ import os
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -34,6 +34,9 @@ from .config import DIFFUSERS_FORMAT_VERSION, FrozenDict
 from .noise import GeneratorArg, generator_device_type, randn_tensor
 from .outputs import BaseOutput
 from .schedulers.vocabulary import LEARNED_VARIANCE_TYPES
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .models.fast_paths import FastPaths
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +92,64 @@ def image_generators(seed: int, indices: Sequence[int] | range, device: str | to
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# The reverse loop (the only one in the library: the pipelines, evaluation and the figures all run it)
+# ---------------------------------------------------------------------------------------------------------------
+StepCallback = Callable[[int, int, torch.Tensor, torch.Tensor | None], None]
+
+
+def reverse_loop(
+    denoiser,
+    scheduler,
+    sample: torch.Tensor,
+    *,
+    generator: GeneratorArg = None,
+    step_kwargs: dict[str, Any] | None = None,
+    callback: StepCallback | None = None,
+    callback_steps: int = 1,
+    progress_bar: Callable | None = None,
+) -> torch.Tensor:
+    """Run ``scheduler.timesteps`` (set beforehand) from ``sample`` down: per step one call of
+    ``denoiser(sample, t).sample`` and one ``scheduler.step(output, t, sample, generator=generator, **step_kwargs)``.
+
+    Works with every scheduler of the family (DDPM, DDIM, DPM-Solver++, Analytic-DPM) as Diffusers' pipelines run
+    them: the step's noise comes from ``generator`` in the scheduler's order, so the same seed gives the same images
+    as Diffusers. The denoiser gets each timestep already on its device (one copy of the whole schedule, no
+    host-to-device copy per step); the scheduler gets it where its timesteps live. ``callback(i, t, x_prev,
+    predicted_x0)`` after steps ``0, callback_steps, ...`` and after the last (``predicted_x0`` from the step's
+    output, or the multistep solver's last data prediction). ``progress_bar``: wraps the step range (e.g. tqdm).
+    Call it under ``torch.inference_mode()`` for sampling. Returns the final sample (model space).
+    """
+    timesteps = scheduler.timesteps
+    step_kwargs = step_kwargs or {}
+    device = sample.device
+    denoiser_timesteps = timesteps.to(device)
+    last = len(timesteps) - 1
+    steps = progress_bar(range(len(timesteps))) if progress_bar is not None else range(len(timesteps))
+    for i in steps:
+        t = timesteps[i]
+        model_output = denoiser(sample, denoiser_timesteps[i]).sample
+        out = scheduler.step(model_output, t, sample, generator=generator, **step_kwargs)
+        sample = out.prev_sample
+        if callback is not None and (i % callback_steps == 0 or i == last):
+            callback(i, int(t), sample, _predicted_x0(scheduler, out, sample, i == last))
+    return sample
+
+
+def _predicted_x0(scheduler, out, sample: torch.Tensor, last: bool) -> torch.Tensor | None:
+    """The step's prediction of x_0: ``pred_original_sample`` where the output has it; for DPM-Solver++ (whose
+    output has none) its last data prediction, the final sample after the last step."""
+    x0 = getattr(out, "pred_original_sample", None)
+    if x0 is not None:
+        return x0
+    if last:
+        return sample
+    outputs = getattr(scheduler, "model_outputs", None)
+    if outputs and outputs[-1] is not None and str(scheduler.config.get("algorithm_type", "")).endswith("++"):
+        return outputs[-1]
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # The pipeline
 # ---------------------------------------------------------------------------------------------------------------
 def _parse_dtype(dtype) -> torch.dtype | None:
@@ -117,19 +178,80 @@ class DDPMPipeline:
     """
 
     config_name = MODEL_INDEX_NAME
-    #: On CPU, run the UNet's convolutions channels-last: the first CPU call converts the weights of a ddpm
-    #: ``UNet2DModel`` to channels-last memory (same values; ``docs/benchmarks.md`` has the measured gain). Set to
-    #: False on an instance (or the class) to leave the weights as they are.
-    cpu_channels_last: bool = True
 
     def __init__(self, unet, scheduler):
+        from .models.fast_paths import FastPaths
+
         self.unet = unet
         self.scheduler = scheduler
+        self._fast_paths = FastPaths()
         self._compiled: _CompiledUNet | None = None
         self._progress_bar_config: dict[str, Any] = {}
         #: The number of denoising steps the model is meant to be sampled with (``ddpm.json``), if known.
         self.recommended_num_inference_steps: int | None = None
+        #: The sampler that number is for (``ddpm.json``; None: the pipeline's own scheduler).
+        self.recommended_sampler: str | None = None
+        #: Steps recommended for other samplers than :attr:`recommended_sampler` (``ddpm.json``), by sampler name.
+        self.recommended_steps_by_sampler: dict[str, int] = {}
         self.name_or_path: str | None = None
+        #: The scheduler config the pipeline was built with: :meth:`set_sampler` builds every sampler from it.
+        self._base_scheduler_config = dict(getattr(scheduler, "config", {}) or {})
+
+    # -- samplers -----------------------------------------------------------------------------------------------
+    def set_sampler(self, sampler: str, moments=None, **scheduler_overrides) -> DDPMPipeline:
+        """Swap in the scheduler of ``sampler`` (``ddpm``, ``ddim``, ``dpm-solver++``, ``analytic-ddpm``,
+        ``analytic-ddim``; :mod:`ddpm.schedulers.samplers`), built from the scheduler config the pipeline was made
+        with: ``pipe.set_sampler("ddim")`` is ``pipe.scheduler = DDIMScheduler.from_config(base_config)``.
+
+        The Analytic-DPM samplers read the moment table ``analytic_dpm.json`` of the pipeline's folder (or take
+        ``moments=``) and check that it was computed for these weights and this schedule. Returns ``self``.
+        """
+        from .schedulers.samplers import ANALYTIC_SAMPLERS, check_sampler, make_scheduler
+
+        check_sampler(sampler)
+        if sampler in ANALYTIC_SAMPLERS and moments is None:
+            moments = self.analytic_moments()
+        self.scheduler = make_scheduler(sampler, self._base_scheduler_config, moments=moments, **scheduler_overrides)
+        return self
+
+    def analytic_moments(self):
+        """The Analytic-DPM moment table of this pipeline's folder (``analytic_dpm.json``), checked against the
+        UNet's weights and the schedule; ``FileNotFoundError`` naming the command that makes it."""
+        from .schedulers.analytic import AnalyticMoments
+        from .schedulers.ddpm import DDPMScheduler
+
+        if self.name_or_path is None:
+            raise ValueError(
+                "this pipeline was not loaded from a folder, so it has no Analytic-DPM moment table; pass moments= "
+                "(ddpm.schedulers.analytic.estimate_moments) or load the pipeline from a folder that has one"
+            )
+        moments = AnalyticMoments.from_pretrained(self.name_or_path)
+        base = DDPMScheduler.from_config(self._base_scheduler_config)
+        moments.check(scheduler=base, unet=_unwrap_compiled(self.unet), where=f"{self.name_or_path}/analytic_dpm.json")
+        return moments
+
+    def default_sampler(self) -> str:
+        """The sampler ``ddpm.json`` recommends, else the one the pipeline's scheduler runs (``ddpm`` for a
+        scheduler the library does not know by name)."""
+        from .schedulers.samplers import sampler_name
+
+        if self.recommended_num_inference_steps is not None and self.recommended_sampler is None:
+            return "ddpm"  # an older ddpm.json: a step count for the DDPM sampler
+        return self.recommended_sampler or sampler_name(self.scheduler) or "ddpm"
+
+    def default_steps(self, sampler: str | None = None) -> int:
+        """The steps to run ``sampler`` (default: :meth:`default_sampler`) with when the caller names none: the
+        model's recommendation for that sampler (``ddpm.json``), else the sampler's default
+        (:data:`ddpm.schedulers.samplers.DEFAULT_STEPS`), at most ``num_train_timesteps``."""
+        from .schedulers.samplers import DEFAULT_STEPS, check_sampler
+
+        sampler = check_sampler(sampler or self.default_sampler())
+        steps = self.recommended_steps_by_sampler.get(sampler)
+        if steps is None and sampler == self.default_sampler():
+            steps = self.recommended_num_inference_steps
+        if steps is None:
+            steps = DEFAULT_STEPS[sampler]
+        return min(int(steps), int(self.scheduler.config.num_train_timesteps))
 
     # -- components, device, dtype ------------------------------------------------------------------------------
     @property
@@ -161,8 +283,7 @@ class DDPMPipeline:
         """Move the UNet: ``.to(device)``, ``.to(dtype)``, ``.to(device, dtype)`` or keywords; returns ``self``.
 
         ``memory_format=torch.channels_last`` stores the UNet's weights channels-last (convolutions then run
-        channels-last): on CPU measured 1.15-1.25x faster at batch 16 and about even at batch 1
-        (``docs/benchmarks.md``); numerically the same up to float rounding.
+        channels-last), measured faster on CPU (``docs/benchmarks.md``); numerically the same up to float rounding.
         """
         device = kwargs.pop("device", None)
         dtype = kwargs.pop("dtype", None)
@@ -204,10 +325,49 @@ class DDPMPipeline:
         raise ValueError("Either `total` or `iterable` has to be defined.")
 
     # -- fast paths ---------------------------------------------------------------------------------------------
+    @property
+    def fast_paths(self) -> FastPaths:
+        """The speed setting sampling runs the UNet with (a :class:`ddpm.models.FastPaths`, all on by default).
+
+        Each call hands it to the UNet (``unet.set_fast_paths``) when that is a ddpm ``UNet2DModel``. With
+        ``channels_last`` on, the first CPU call also stores the UNet's weights channels-last (same values;
+        ``docs/benchmarks.md`` has the measured gain); with it off, the UNet runs on the layouts it has (NCHW unless
+        the caller chose otherwise). Assigning it is :meth:`set_fast_paths`.
+        """
+        return self._fast_paths
+
+    @fast_paths.setter
+    def fast_paths(self, value: FastPaths) -> None:
+        from .models.fast_paths import FastPaths
+
+        if not isinstance(value, FastPaths):
+            raise ValueError(f"fast_paths must be a ddpm.models.FastPaths, got {type(value).__name__}")
+        self._fast_paths = value
+
+    @property
+    def cpu_channels_last(self) -> bool:
+        """Removed switch (it is ``fast_paths.channels_last`` now); reading it still works, setting it raises."""
+        return self.fast_paths.channels_last
+
+    @cpu_channels_last.setter
+    def cpu_channels_last(self, value) -> None:
+        raise AttributeError(
+            "cpu_channels_last was replaced by one setting object: use "
+            f"set_fast_paths(channels_last={bool(value)}) (see ddpm.models.FastPaths)"
+        )
+
+    def set_fast_paths(self, fast_paths: FastPaths | None = None, **changes: bool) -> DDPMPipeline:
+        """Sample with ``fast_paths`` (or the current setting) with the switch ``changes`` applied, e.g.
+        ``pipe.set_fast_paths(channels_last=False)`` for the plain NCHW path; returns ``self``."""
+        from .models.fast_paths import resolve_fast_paths
+
+        self._fast_paths = resolve_fast_paths(self._fast_paths, fast_paths, **changes)
+        return self
+
     def compile(self, enabled: bool = True, *, freeze: bool | None = None, mode: str | None = None) -> DDPMPipeline:
         """Run the UNet through ``torch.compile`` in the denoising loop (``enabled=False`` goes back to eager).
 
-        The first call of each batch shape compiles (tens of seconds on a CPU); later calls reuse the code.
+        The first call of each batch shape compiles (its cost: ``docs/benchmarks.md``); later calls reuse the code.
         ``freeze`` (default: True on CPU) lets inductor treat the weights as constants (folds them, pre-packs
         oneDNN convolution weights): when the weights change afterwards (training, ``load_state_dict``) the next call
         notices (parameter version counters) and compiles again. ``mode`` is ``torch.compile``'s (e.g.
@@ -222,12 +382,15 @@ class DDPMPipeline:
         return self._compiled is not None
 
     def _denoiser(self, device: torch.device):
-        """The callable the loop runs: the UNet (channels-last on CPU), compiled when :meth:`compile` asked."""
-        from .models.unet import UNet2DModel, _is_channels_last
+        """The callable the loop runs: the UNet set up with :attr:`fast_paths`, compiled when :meth:`compile` asked."""
+        from .models.fast_paths import is_channels_last
+        from .models.unet import UNet2DModel
 
         unet = self.unet
-        if device.type == "cpu" and self.cpu_channels_last and isinstance(unet, UNet2DModel):
-            if not _is_channels_last(unet.conv_in.weight):
+        if isinstance(unet, UNet2DModel):
+            if unet.fast_paths != self._fast_paths:
+                unet.set_fast_paths(self._fast_paths)
+            if device.type == "cpu" and self._fast_paths.channels_last and not is_channels_last(unet.conv_in.weight):
                 unet.to(memory_format=torch.channels_last)
         if self._compiled is not None:
             return self._compiled.get(unet, device)
@@ -313,8 +476,12 @@ class DDPMPipeline:
         callback: Callable[[int, int, torch.Tensor, torch.Tensor], None] | None = None,
         callback_steps: int = 1,
         progress: bool = True,
+        eta: float | None = None,
     ) -> ImagePipelineOutput | tuple:
         """Generate ``batch_size`` images (Algorithm 2 of the paper, on the scheduler's timesteps).
+
+        The scheduler may be any of the family (``DDPMPipeline(unet, DDIMScheduler.from_config(...))``, or
+        :meth:`set_sampler`): the loop is the same, as in Diffusers.
 
         Args:
             batch_size: number of images; default 1, or the batch of ``noise`` when it is given.
@@ -333,7 +500,49 @@ class DDPMPipeline:
                 They are inference tensors of the loop: clone them to keep them, do not modify them.
             callback_steps: call ``callback`` every this many steps.
             progress: show the tqdm bar (see :meth:`set_progress_bar_config`).
+            eta: for a DDIM-family scheduler (DDIM, Analytic-DDIM), the step's ``eta`` (None: its default, 0);
+                refused for schedulers that have none.
         """
+        step_kwargs = self._eta_kwargs(eta)
+        return self._generate(
+            batch_size,
+            generator,
+            num_inference_steps,
+            output_type,
+            return_dict,
+            noise,
+            callback,
+            callback_steps,
+            progress,
+            step_kwargs,
+        )
+
+    def _eta_kwargs(self, eta) -> dict[str, Any]:
+        if eta is None:
+            return {}
+        from .schedulers.samplers import ETA_SAMPLERS, check_eta, sampler_name
+
+        name = sampler_name(self.scheduler)
+        if name not in ETA_SAMPLERS:
+            raise ValueError(
+                f"eta={eta!r} applies to DDIM-family schedulers only ({', '.join(ETA_SAMPLERS)}); this pipeline's "
+                f"scheduler is a {type(self.scheduler).__name__}"
+            )
+        return {"eta": check_eta(name, eta)}
+
+    def _generate(
+        self,
+        batch_size,
+        generator,
+        num_inference_steps,
+        output_type,
+        return_dict,
+        noise,
+        callback,
+        callback_steps,
+        progress,
+        step_kwargs,
+    ):
         if noise is not None and not isinstance(noise, torch.Tensor):
             raise ValueError(f"noise must be a torch.Tensor, got {type(noise).__name__}")
         if batch_size is None:
@@ -357,23 +566,17 @@ class DDPMPipeline:
             else:
                 sample = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
 
-            scheduler = self.scheduler
-            scheduler.set_timesteps(int(num_inference_steps))
-            timesteps = scheduler.timesteps
-            # The UNet gets the timestep already on its device (no host-to-device copy per step); the scheduler gets
-            # it on the CPU where its timesteps live, as in Diffusers.
-            unet_timesteps = timesteps.to(device)
-            denoiser = self._denoiser(device)
-            last = len(timesteps) - 1
-            steps = self.progress_bar(range(len(timesteps))) if progress else range(len(timesteps))
-            for i in steps:
-                t = timesteps[i]
-                model_output = denoiser(sample, unet_timesteps[i]).sample
-                out = scheduler.step(model_output, t, sample, generator=generator)
-                sample = out.prev_sample
-                if callback is not None and (i % callback_steps == 0 or i == last):
-                    callback(i, int(t), sample, out.pred_original_sample)
-
+            self.scheduler.set_timesteps(int(num_inference_steps))
+            sample = reverse_loop(
+                self._denoiser(device),
+                self.scheduler,
+                sample,
+                generator=generator,
+                step_kwargs=step_kwargs,
+                callback=callback,
+                callback_steps=callback_steps,
+                progress_bar=self.progress_bar if progress else None,
+            )
             images = ddpm_images.model_to_unit(sample)
             if output_type != "pt":
                 images = ddpm_images.pt_to_numpy(images)
@@ -415,7 +618,11 @@ class DDPMPipeline:
         save_scheduler(folder / "scheduler")
         metadata = folder / METADATA_NAME
         if self.recommended_num_inference_steps is not None:
-            data = {"num_inference_steps": int(self.recommended_num_inference_steps)}
+            data: dict[str, Any] = {"num_inference_steps": int(self.recommended_num_inference_steps)}
+            if self.recommended_sampler is not None:
+                data["sampler"] = self.recommended_sampler
+            if self.recommended_steps_by_sampler:
+                data["num_inference_steps_by_sampler"] = dict(sorted(self.recommended_steps_by_sampler.items()))
             ddpm_io.atomic_write_text(metadata, json.dumps(data, indent=2, sort_keys=True) + "\n")
         elif metadata.is_file():
             metadata.unlink()
@@ -536,8 +743,64 @@ class DDPMPipeline:
 
         pipe = cls(unet=unet, scheduler=scheduler)
         pipe.name_or_path = str(name)
-        pipe.recommended_num_inference_steps = _read_recommended_steps(name, hub)
+        recommendation = _read_recommendation(name, hub)
+        pipe.recommended_num_inference_steps = recommendation.get("num_inference_steps")
+        pipe.recommended_sampler = recommendation.get("sampler")
+        pipe.recommended_steps_by_sampler = recommendation.get("num_inference_steps_by_sampler", {})
         return pipe
+
+
+class DDIMPipeline(DDPMPipeline):
+    """Generate images with DDIM (Song et al. 2021): Diffusers' ``DDIMPipeline`` API and folders.
+
+    Whatever scheduler it is given is converted to a :class:`~ddpm.DDIMScheduler` with that scheduler's config, as
+    Diffusers does (so a DDPM model folder loads as is). The loop, the checks and the extras (``noise=``,
+    ``callback``, ``progress``) are those of :class:`DDPMPipeline`.
+    """
+
+    def __init__(self, unet, scheduler):
+        from .schedulers.ddim import DDIMScheduler
+
+        if type(scheduler).__name__ != "DDIMScheduler":
+            scheduler = DDIMScheduler.from_config(scheduler.config)
+        super().__init__(unet, scheduler)
+
+    def __call__(
+        self,
+        batch_size: int | None = None,
+        generator: GeneratorArg = None,
+        eta: float = 0.0,
+        num_inference_steps: int = 50,
+        use_clipped_model_output: bool | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        *,
+        noise: torch.Tensor | None = None,
+        callback: StepCallback | None = None,
+        callback_steps: int = 1,
+        progress: bool = True,
+    ) -> ImagePipelineOutput | tuple:
+        """Generate ``batch_size`` images with ``num_inference_steps`` DDIM steps.
+
+        ``eta`` (>= 0) scales the step noise: 0 is the deterministic DDIM sampler, 1 the DDPM-like variance.
+        ``use_clipped_model_output``: re-derive ε from the clipped x_0 (as Diffusers). Other arguments as in
+        :meth:`DDPMPipeline.__call__`.
+        """
+        from .schedulers.samplers import check_eta
+
+        step_kwargs = {"eta": check_eta("ddim", eta), "use_clipped_model_output": use_clipped_model_output}
+        return self._generate(
+            batch_size,
+            generator,
+            num_inference_steps,
+            output_type,
+            return_dict,
+            noise,
+            callback,
+            callback_steps,
+            progress,
+            step_kwargs,
+        )
 
 
 def _unwrap_compiled(module):
@@ -560,7 +823,8 @@ class _CompiledUNet:
         self._fn = None
 
     def get(self, unet, device: torch.device):
-        key = (id(unet), device.type, _weights_version(unet))
+        # The fast-path setting is part of the traced code (layouts, kernel routes): a new one compiles again.
+        key = (id(unet), device.type, getattr(unet, "fast_paths", None), _weights_version(unet))
         if self._fn is None or key != self._key:
             freeze = device.type == "cpu" if self.freeze is None else bool(self.freeze)
             if self._fn is not None and freeze:
@@ -589,29 +853,50 @@ def _check_component(index: dict, key: str, allowed: tuple[str, ...] | None, ind
         )
 
 
-def _read_recommended_steps(name, hub: dict) -> int | None:
-    """``num_inference_steps`` from the optional ``ddpm.json`` beside ``model_index.json``, else None."""
+def _read_recommendation(name, hub: dict) -> dict[str, Any]:
+    """The usable entries of the optional ``ddpm.json`` beside ``model_index.json``: ``num_inference_steps``,
+    ``sampler`` and ``num_inference_steps_by_sampler`` (an unusable value is dropped with a warning)."""
+    from .schedulers.vocabulary import SAMPLERS
+
     local = Path(name)
     if local.is_dir():
         path = local / METADATA_NAME
         if not path.is_file():
-            return None
+            return {}
     else:
         try:
             path = ddpm_io.resolve_file(name, METADATA_NAME, **hub)
         except OSError:
-            return None
+            return {}
     try:
-        value = json.loads(path.read_text(encoding="utf-8")).get("num_inference_steps")
-    except (OSError, ValueError, AttributeError) as err:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as err:
         logger.warning("ignoring unreadable %s: %s", path, err)
-        return None
-    if value is None:
-        return None
-    if _is_bool(value) or not isinstance(value, int) or value < 1:
-        logger.warning("ignoring num_inference_steps=%r in %s: not an integer >= 1", value, path)
-        return None
-    return value
+        return {}
+
+    def steps_ok(value, what) -> bool:
+        if _is_bool(value) or not isinstance(value, int) or value < 1:
+            logger.warning("ignoring %s=%r in %s: not an integer >= 1", what, value, path)
+            return False
+        return True
+
+    out: dict[str, Any] = {}
+    steps, sampler = data.get("num_inference_steps"), data.get("sampler")
+    if sampler is not None and sampler not in SAMPLERS:
+        logger.warning("ignoring sampler=%r in %s: not one of %s", sampler, path, ", ".join(SAMPLERS))
+        sampler, steps = None, None
+    if steps is not None and steps_ok(steps, "num_inference_steps"):
+        out["num_inference_steps"] = steps
+    if sampler is not None:
+        out["sampler"] = sampler
+    by_sampler = data.get("num_inference_steps_by_sampler") or {}
+    if isinstance(by_sampler, dict):
+        out["num_inference_steps_by_sampler"] = {
+            k: v for k, v in by_sampler.items() if k in SAMPLERS and steps_ok(v, f"num_inference_steps_by_sampler.{k}")
+        }
+    return out
 
 
 def _pipeline_device(device_map, low_cpu_mem_usage) -> torch.device | None:

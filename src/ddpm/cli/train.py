@@ -153,9 +153,9 @@ def resolve_from_args(args):
 
 
 def run(args) -> int:
+    from ddpm.data import DataError
     from ddpm.training.checkpoint import CheckpointError
     from ddpm.training.config import ConfigError
-    from ddpm.training.data import DataError
     from ddpm.training.trainer import Trainer, TrainingError
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")

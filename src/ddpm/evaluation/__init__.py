@@ -28,6 +28,12 @@ _LAZY = {
     # NLL
     "variational_bound": "ddpm.evaluation.nll",
     "bits_per_dim": "ddpm.evaluation.nll",
+    "bound_over_images": "ddpm.evaluation.nll_runs",
+    "save_bound": "ddpm.evaluation.nll_runs",
+    "load_bound_terms": "ddpm.evaluation.nll_runs",
+    # which images an evaluation works on
+    "model_images": "ddpm.evaluation.sources",
+    "source_images": "ddpm.evaluation.sources",
     # generation
     "generate_images": "ddpm.evaluation.generate",
     "image_generators": "ddpm.evaluation.generate",
@@ -37,6 +43,9 @@ _LAZY = {
     "shared_latent_samples": "ddpm.evaluation.figures",
     "interpolate": "ddpm.evaluation.figures",
     "rate_distortion": "ddpm.evaluation.figures",
+    "paper_timesteps": "ddpm.evaluation.figure_rows",
+    "interpolation_rows": "ddpm.evaluation.figure_rows",
+    "shared_latent_rows": "ddpm.evaluation.figure_rows",
 }
 
 __all__ = sorted(_LAZY)

@@ -130,12 +130,12 @@ def frechet_distance(
 
     ``method="sqrtm"`` (the default, the protocol of TTUR / pytorch-fid): ``scipy.linalg.sqrtm(sigma1 @ sigma2)``;
     when it is not finite (a near-singular product), ``eps * I`` is added to both covariances; a small imaginary part
-    (numerical) is dropped, a large one (|imag| > 1e-3 on the diagonal) is an error. It takes 10-50 s for 2048
-    features on two CPU cores (longest when the covariances are singular, i.e. fewer images than features).
+    (numerical) is dropped, a large one (|imag| > 1e-3 on the diagonal) is an error. It is slow for 2048 features,
+    slowest when the covariances are singular, i.e. fewer images than features (timings: ``docs/benchmarks.md``).
 
     ``method="eigh"``: the same trace from symmetric eigenvalue problems, tr((S1 S2)^(1/2)) = sum sqrt(eig(R S2 R))
     with R = S1^(1/2) (S1, S2 positive semi-definite; negative round-off eigenvalues are set to 0). Equal to the
-    ``sqrtm`` result to round-off and a few times faster; not the reference protocol, offered for quick checks.
+    ``sqrtm`` result to round-off and faster; not the reference protocol, offered for quick checks.
     """
     from scipy import linalg
 
@@ -164,7 +164,7 @@ def frechet_distance(
 
 
 def _trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
-    # numpy's eigh (LAPACK's divide-and-conquer syevd) is several times faster here than scipy's default (syevr).
+    # numpy's eigh (LAPACK's divide-and-conquer syevd) was measured faster here than scipy's default (syevr).
     w, v = np.linalg.eigh((sigma1 + sigma1.T) / 2)
     if w.min() < -1e-6 * max(1.0, abs(w).max()):
         raise ValueError(f"sigma1 is not positive semi-definite (eigenvalue {w.min():.3g})")
@@ -228,7 +228,7 @@ def source_hash(source: Source, num_samples: int | None, resolution: int | None,
 def _folder_resolution(folder: Path) -> int:
     from PIL import Image
 
-    from ddpm.training.data import DataError, find_images
+    from ddpm.data import DataError, find_images
 
     files = find_images(folder)
     if not files:
@@ -247,7 +247,7 @@ def iterate_source_images(
     """Yield uint8 NCHW tensors of a data source, ``chunk`` at a time: the first ``num_samples`` images, or with
     ``subset_seed`` a uniformly random subset of ``num_samples`` (drawn with that seed, kept in the set's order;
     useful for sets stored sorted by class, such as the CIFAR-10 folders)."""
-    from ddpm.training.data import ArrayImageDataset, open_dataset
+    from ddpm.data import ArrayImageDataset, open_dataset
 
     path = Path(source.path_or_name)
     if resolution is None and path.is_dir() and not any(path.glob("*images-idx3-ubyte*")):
@@ -343,7 +343,7 @@ def reference_statistics(
         expected = source_hash(source, num_samples, kwargs.get("resolution"), extra)
         if stats.source_hash == expected:
             return stats
-        # Never replace it: it may be the statistics of a whole reference set (30 CPU minutes for 10,000 images),
+        # Never replace it: it may be the statistics of a whole reference set (costly: docs/benchmarks.md),
         # and a mismatch is often a flag meant for the other set (e.g. --num-samples, which applies to both).
         print(
             f"fid: {cache} holds statistics of another set ({stats.source}, {stats.n} images); computing those of "

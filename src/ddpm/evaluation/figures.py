@@ -8,7 +8,7 @@
   the rate (cumulative bits/dim received) and the distortion (RMSE of the predicted x_0 on the [0, 255] scale)
   against the number of reverse steps, plotted with PIL and written as CSV and JSON.
 
-Timesteps are ours (0..T-1, the paper's t - 1): the paper's t = 500 is our 499.
+Timesteps are ours (index convention: :mod:`ddpm.schedulers.common`): the paper's t = 500 is our 499.
 """
 
 from __future__ import annotations

@@ -34,9 +34,13 @@ def load_pipeline(path: str | os.PathLike, device: str | torch.device = "cpu", d
 
 
 def default_num_inference_steps(pipeline) -> int:
-    """The model's recommended number of steps (``ddpm.json``), else the full chain."""
-    steps = getattr(pipeline, "recommended_num_inference_steps", None)
-    return int(steps) if steps else int(pipeline.scheduler.config.num_train_timesteps)
+    """The steps the pipeline's current sampler runs by default (:meth:`ddpm.DDPMPipeline.default_steps`: the
+    model's ``ddpm.json``, else the sampler's default), or the full chain for a foreign pipeline object."""
+    from ddpm.schedulers.samplers import sampler_name
+
+    if hasattr(pipeline, "default_steps"):
+        return pipeline.default_steps(sampler_name(pipeline.scheduler) or "ddpm")
+    return int(pipeline.scheduler.config.num_train_timesteps)
 
 
 def image_generators(seed: int, indices, device: str | torch.device = "cpu") -> list[torch.Generator]:
@@ -169,21 +173,16 @@ def reverse_process(
     generator=None,
     callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
-    """Run the full-chain reverse process from ``x_t`` at timestep ``t_start`` (0..T-1, the paper's t_start + 1)
-    down to x_0 with ``scheduler.step``; step noise is drawn from ``generator`` (one, or one per image) in
-    Diffusers' order (one draw per step with t > 0). ``callback(t, x_{t-1}, predicted x_0)`` after each step.
-    Returns x_0 in model space ([-1, 1])."""
+    """Run the full-chain reverse process from ``x_t`` at timestep ``t_start`` (ours: :mod:`ddpm.schedulers.common`)
+    down to x_0: the pipeline's loop (:func:`ddpm.pipeline.reverse_loop`) on the timesteps ``t_start, ..., 0``.
+    Step noise is drawn from ``generator`` (one, or one per image) in Diffusers' order (one draw per step with
+    t > 0). ``callback(t, x_{t-1}, predicted x_0)`` after each step. Returns x_0 in model space ([-1, 1])."""
+    from ddpm.pipeline import reverse_loop
+
     T = scheduler.config.num_train_timesteps
     if not 0 <= t_start < T:
         raise ValueError(f"t_start must lie in [0, {T - 1}], got {t_start}")
-    scheduler.set_timesteps(T)
-    device = x_t.device
-    sample = x_t
+    scheduler.set_timesteps(timesteps=list(range(t_start, -1, -1)))
+    step_callback = None if callback is None else (lambda i, t, sample, x0: callback(t, sample, x0))
     with torch.inference_mode():
-        for t in range(t_start, -1, -1):
-            out = unet(sample, torch.tensor(t, device=device)).sample
-            step = scheduler.step(out, t, sample, generator=generator)
-            sample = step.prev_sample
-            if callback is not None:
-                callback(t, sample, step.pred_original_sample)
-    return sample
+        return reverse_loop(unet, scheduler, x_t, generator=generator, callback=step_callback)

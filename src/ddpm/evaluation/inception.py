@@ -165,7 +165,7 @@ class InceptionFeatureExtractor:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         out = []
-        # The profiling executor would re-optimise the graph for every new batch shape (seconds each on a CPU);
+        # The profiling executor would re-optimise the graph for every new batch shape (costly on a CPU);
         # plain execution is as fast here and its cost does not depend on the order of batch sizes.
         with torch.jit.optimized_execution(False):
             for start in range(0, len(images), batch_size):

@@ -9,13 +9,12 @@ computed in one pass over all T timesteps as the paper's code and improved-diffu
 each t one fresh x_t is drawn from q(x_t | x_0) (each KL is Rao-Blackwellised, so one draw per term suffices), the
 model is evaluated, and the term is averaged over the image's dimensions and divided by ln 2.
 
-Index convention: our t runs 0..T-1 and is the paper's t - 1. ``terms_bpd[:, 0]`` is the decoder term L_0 and
+Timesteps are ours (:mod:`ddpm.schedulers.common`). ``terms_bpd[:, 0]`` is the decoder term L_0 and
 ``terms_bpd[:, t]`` (t >= 1) is L_t = KL(q(x_t | x_{t+1}, x_0) || p(x_t | x_{t+1})) in the paper's numbering, the
 term of the reverse step that starts from our x_t.
 
-The math lives in the scheduler (:meth:`~ddpm.DDPMScheduler.q_mean_variance`, ``q_posterior_mean_variance``,
-``p_mean_variance``, ``normal_kl``, ``discretized_gaussian_log_likelihood`` of :mod:`ddpm.schedulers.diffusion_math`);
-this module only drives it.
+The terms themselves, and the ln 2 conversion, live in :mod:`ddpm.likelihood` (built on the scheduler's tables); this
+module draws each x_t, runs the model and collects the terms over the chain.
 """
 
 from __future__ import annotations
@@ -25,19 +24,12 @@ import sys
 import time
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 
-LN2 = math.log(2.0)
+from ddpm.likelihood import LN2, bits_per_dim, mean_flat, predicted_noise, prior_bpd, vb_terms_bpd
+from ddpm.noise import randn_tensor
 
-
-def bits_per_dim(nats: torch.Tensor | float, num_dims: int) -> torch.Tensor | float:
-    """A total in nats over ``num_dims`` dimensions -> bits per dimension: ``nats / (num_dims * ln 2)``."""
-    return nats / (num_dims * LN2)
-
-
-def _mean_flat(x: torch.Tensor) -> torch.Tensor:
-    return x.reshape(x.shape[0], -1).mean(dim=1)
+__all__ = ["LN2", "bits_per_dim", "prior_bpd", "summarize", "to_model_space", "variational_bound"]
 
 
 def to_model_space(x0) -> torch.Tensor:
@@ -64,27 +56,6 @@ def _model_output(model, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     if isinstance(out, (tuple, list)):
         return out[0]
     return out
-
-
-def _noise(shape, generator, device, dtype) -> torch.Tensor:
-    """Noise for one timestep: from one generator, or row i from generator[i] (independent of the batch)."""
-    if isinstance(generator, (list, tuple)):
-        if len(generator) != shape[0]:
-            raise ValueError(f"{len(generator)} generators for a batch of {shape[0]} images")
-        rows = [torch.randn((1, *shape[1:]), generator=g, device=g.device, dtype=dtype) for g in generator]
-        return torch.cat([r.to(device) for r in rows])
-    gen_device = generator.device if generator is not None else device
-    return torch.randn(shape, generator=generator, device=gen_device, dtype=dtype).to(device)
-
-
-def prior_bpd(scheduler, x0: torch.Tensor) -> torch.Tensor:
-    """L_T in bits/dim per image: KL(q(x_T | x_0) || N(0, I)) averaged over dimensions, / ln 2."""
-    from ddpm.schedulers.diffusion_math import normal_kl
-
-    T = scheduler.config.num_train_timesteps
-    mean, _, log_variance = scheduler.q_mean_variance(x0, T - 1)
-    kl = normal_kl(mean, log_variance, torch.zeros_like(mean), torch.zeros_like(mean))
-    return _mean_flat(kl) / LN2
 
 
 @torch.no_grad()
@@ -119,44 +90,32 @@ def variational_bound(
     of the step from our x_t), ``mse`` [B, T] (mean squared error of the predicted x_0 from x_t, in [-1, 1] units;
     the distortion of Fig. 5) and ``eps_mse`` [B, T] (mean squared error of the implied ε).
     """
-    from ddpm.schedulers.diffusion_math import discretized_gaussian_log_likelihood, normal_kl
-
     if t_batch < 1:
         raise ValueError(f"t_batch must be >= 1, got {t_batch}")
     device = _model_device(model)
     x0 = to_model_space(x0).to(device)
     B = x0.shape[0]
+    if isinstance(generator, (list, tuple)) and len(generator) != B:
+        raise ValueError(f"generator: {len(generator)} generators for a batch of {B} images; pass one or one per image")
     T = scheduler.config.num_train_timesteps
     terms = torch.zeros(B, T, dtype=torch.float64)
     mse = torch.zeros(B, T, dtype=torch.float64)
     eps_mse = torch.zeros(B, T, dtype=torch.float64)
-    sqrt_a = torch.from_numpy(np.sqrt(scheduler.alphas_cumprod.numpy().astype(np.float64)))
     start = time.perf_counter()
     for hi in range(T - 1, -1, -t_batch):
         ts = list(range(hi, max(hi - t_batch, -1), -1))
-        noise = torch.cat([_noise(x0.shape, generator, device, x0.dtype) for _ in ts])
+        noise = torch.cat([randn_tensor(x0.shape, generator, device, x0.dtype) for _ in ts])
         x0_rep = x0.repeat(len(ts), 1, 1, 1)
         t_vec = torch.tensor(ts, device=device, dtype=torch.int64).repeat_interleave(B)
         x_t = scheduler.add_noise(x0_rep, noise, t_vec)
-        out = scheduler.p_mean_variance(_model_output(model, x_t, t_vec), x_t, t_vec, clip_denoised=clip_denoised)
-        true_mean, _, true_log_variance = scheduler.q_posterior_mean_variance(x0_rep, x_t, t_vec)
-        kl = _mean_flat(normal_kl(true_mean, true_log_variance, out["mean"], out["log_variance"])) / LN2
-        decoder = (
-            -_mean_flat(
-                discretized_gaussian_log_likelihood(x0_rep, out["mean"], 0.5 * out["log_variance"], cdf=decoder_cdf)
-            )
-            / LN2
-        )
-        term = torch.where(t_vec == 0, decoder.to(kl.dtype), kl)
-        pred_x0 = out["pred_original_sample"]
-        x0_err = _mean_flat((pred_x0 - x0_rep) ** 2)
-        # ε implied by the (clipped) x_0 prediction: (x_t - sqrt(ᾱ) x̂_0) / sqrt(1 - ᾱ).
-        a = sqrt_a[t_vec.cpu()].to(device=device, dtype=x_t.dtype).reshape(-1, 1, 1, 1)
-        eps_hat = (x_t - a * pred_x0) / torch.sqrt(1 - a**2)
-        e_err = _mean_flat((eps_hat - noise) ** 2)
+        output = _model_output(model, x_t, t_vec)
+        vb = vb_terms_bpd(scheduler, output, x0_rep, x_t, t_vec, clip_denoised=clip_denoised, decoder_cdf=decoder_cdf)
+        pred_x0 = vb["pred_original_sample"]
+        x0_err = mean_flat((pred_x0 - x0_rep) ** 2)
+        e_err = mean_flat((predicted_noise(scheduler, x_t, pred_x0, t_vec) - noise) ** 2)  # ε of the clipped x̂_0
         for j, t in enumerate(ts):
             rows = slice(j * B, (j + 1) * B)
-            terms[:, t] = term[rows].double().cpu()
+            terms[:, t] = vb["bpd"][rows].double().cpu()
             mse[:, t] = x0_err[rows].double().cpu()
             eps_mse[:, t] = e_err[rows].double().cpu()
         if progress and (ts[-1] % 100 == 0 or ts[-1] == 0):

@@ -4,7 +4,7 @@ Paper App. B: a PixelCNN++-style U-Net of Wide-ResNet blocks with GroupNorm, the
 every residual block, and single-head self-attention at the 16x16 resolution. Module names (``norm1``, ``conv1``,
 ``time_emb_proj``, ``to_q``, ``downsamplers.0.conv``, ...) equal Diffusers' so that its ``state_dict`` loads 1:1.
 
-Tensors are (B, C, H, W), in NCHW or channels-last memory (the UNet picks channels-last on CPU from batch 4). The
+Tensors are (B, C, H, W), in NCHW or channels-last memory (the UNet's ``FastPaths`` setting picks the layout). The
 forwards allocate as little as they can: activations are applied in place on freshly computed tensors, the time
 projection and the residual are added in place into the convolution outputs (autograd-safe: those ops do not need the
 overwritten values for their gradients), and attention runs through ``F.scaled_dot_product_attention``; its output
@@ -19,6 +19,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
+from .fast_paths import FastPaths
+
 
 def _silu_(x: torch.Tensor) -> torch.Tensor:
     return F.silu(x, inplace=True)
@@ -28,18 +30,20 @@ class Conv2d(nn.Conv2d):
     """``nn.Conv2d`` (same parameters, same state_dict keys) that sends mid-sized single-image 3x3 convolutions to
     oneDNN in CPU float32 inference.
 
-    For one image of fewer than 20,480 input values PyTorch picks its im2col kernel over oneDNN. Measured on the
-    2-core AVX-512 machine (docs/benchmarks.md), oneDNN is 1.4-2x faster from 14x14 maps and 16x16 channels on (64
-    channels at 16x16: 113 us against 207-243 us), and slower below that, hence the bounds. Same results up to
-    float rounding; training and other devices and dtypes take the usual path.
+    For one image of fewer than 20,480 input values PyTorch picks its im2col kernel over oneDNN. Where it was measured
+    (docs/benchmarks.md), oneDNN is faster from 14x14 maps and 16x16 (input x output) channels on, and slower below,
+    hence the bounds. Same results up to float rounding; training and other devices and dtypes take the usual path.
+    The switch is ``fast_paths.onednn_single_image``: ``fast_paths`` is the setting of the UNet the convolution
+    belongs to (its ``set_fast_paths`` hands it down), the defaults for a convolution on its own.
     """
 
-    #: Set to False (on the class or an instance) to leave every convolution to PyTorch's own choice.
-    onednn_single_image: bool = True
+    def __init__(self, *args, fast_paths: FastPaths | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fast_paths = FastPaths() if fast_paths is None else fast_paths
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (
-            self.onednn_single_image
+            self.fast_paths.onednn_single_image
             and x.device.type == "cpu"
             and x.dtype == torch.float32
             and x.dim() == 4
@@ -205,7 +209,8 @@ class Upsample2D(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, height, width = x.shape
         if x.device.type == "cpu" and x.is_contiguous() and height * width >= 64:
-            # On CPU, nearest x2 of an NCHW tensor as one broadcast copy is ~4x faster than upsample_nearest2d.
+            # On CPU, nearest x2 of an NCHW tensor as one broadcast copy is faster than upsample_nearest2d
+            # (docs/benchmarks.md).
             x = x[:, :, :, None, :, None].expand(b, c, height, 2, width, 2).reshape(b, c, 2 * height, 2 * width)
         else:
             if b >= 64:

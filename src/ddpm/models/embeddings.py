@@ -3,8 +3,8 @@
 The sinusoidal embedding is the Transformer's position encoding applied to the diffusion step ``t`` (paper App. B:
 "the Transformer sinusoidal position embedding"), followed by a two-layer MLP (``TimestepEmbedding``).
 
-Index convention: ``t`` is the 0-based step of the scheduler (0..T-1), exactly the value Diffusers feeds to the network;
-the paper's ``t`` is ours + 1.
+``t`` is the scheduler's timestep (index convention: :mod:`ddpm.schedulers.common`), exactly the value Diffusers
+feeds to the network.
 """
 
 from __future__ import annotations

@@ -121,7 +121,8 @@ class ModelMixin(nn.Module, ConfigMixin):
         return any(getattr(m, "gradient_checkpointing", False) for m in self.modules())
 
     def enable_gradient_checkpointing(self) -> None:
-        """Recompute block activations in the backward pass instead of storing them (less memory, ~30% more time)."""
+        """Recompute block activations in the backward pass instead of storing them (less memory, one more forward
+        of each block)."""
         if not self._supports_gradient_checkpointing:
             raise ValueError(f"{type(self).__name__} does not support gradient checkpointing.")
         self._set_gradient_checkpointing(True)

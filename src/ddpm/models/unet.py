@@ -2,7 +2,7 @@
 
 Paper App. B: a U-Net over a Wide ResNet with GroupNorm, 2 residual blocks per resolution, self-attention at 16x16,
 and the sinusoidal time embedding added in every residual block. The network predicts epsilon (Eq. 11, 14); it knows
-nothing of the noise schedule. ``timestep`` is the scheduler's 0-based step ``t`` in 0..T-1 (the paper's t is ours + 1).
+nothing of the noise schedule. ``timestep`` is the scheduler's ``t`` (index convention: :mod:`ddpm.schedulers.common`).
 
 The Google DDPM checkpoints are reproduced by::
 
@@ -27,18 +27,12 @@ from ..config import register_to_config
 from ..outputs import BaseOutput
 from .blocks import DOWN_BLOCKS, UP_BLOCKS, Conv2d, UNetMidBlock2D
 from .embeddings import TimestepEmbedding, Timesteps
+from .fast_paths import FastPaths, resolve_fast_paths
 from .modeling import ModelMixin
 
 DOWN_BLOCK_TYPES = tuple(DOWN_BLOCKS)
 UP_BLOCK_TYPES = tuple(UP_BLOCKS)
 MID_BLOCK_TYPES = ("UNetMidBlock2D", None)
-
-#: On CPU, from this batch size on the network runs on channels-last activations even with NCHW weights.
-CPU_CHANNELS_LAST_MIN_BATCH = 4
-
-
-def _is_channels_last(t: torch.Tensor) -> bool:
-    return t.ndim == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
 
 
 @dataclass
@@ -86,13 +80,12 @@ class UNet2DModel(ModelMixin):
         add_attention: whether the mid block has its attention.
         class_embed_type / num_class_embeds: must be None (no class conditioning).
         num_train_timesteps: only used by learned time embeddings; kept in the config.
+
+    Speed: :attr:`fast_paths` (a :class:`ddpm.models.FastPaths`, all on by default) chooses memory layouts and
+    kernels without changing the function computed; it belongs to this instance (``set_fast_paths``).
     """
 
     _supports_gradient_checkpointing = True
-    #: On CPU, run the network on channels-last (NHWC) activations for batches of CPU_CHANNELS_LAST_MIN_BATCH or
-    #: more, or when the weights are channels-last (measured faster with oneDNN convolutions); the output keeps the
-    #: input's layout. Set to False on an instance to always keep the input's layout.
-    cpu_channels_last: bool = True
 
     @register_to_config
     def __init__(
@@ -195,6 +188,40 @@ class UNet2DModel(ModelMixin):
         self.conv_norm_out = nn.GroupNorm(num_groups=norm_num_groups, num_channels=channels[0], eps=norm_eps)
         self.conv_act = nn.SiLU()
         self.conv_out = Conv2d(channels[0], out_channels, kernel_size=3, padding=1)
+        self.set_fast_paths(FastPaths())
+
+    @property
+    def fast_paths(self) -> FastPaths:
+        """This model's speed setting (:mod:`ddpm.models.fast_paths`); assigning it is :meth:`set_fast_paths`."""
+        return self._fast_paths
+
+    @fast_paths.setter
+    def fast_paths(self, value: FastPaths) -> None:
+        if not isinstance(value, FastPaths):
+            raise ValueError(f"fast_paths must be a ddpm.models.FastPaths, got {type(value).__name__}")
+        self.set_fast_paths(value)
+
+    @property
+    def cpu_channels_last(self) -> bool:
+        """Removed switch (it is ``fast_paths.channels_last`` now); reading it still works, setting it raises."""
+        return self.fast_paths.channels_last
+
+    @cpu_channels_last.setter
+    def cpu_channels_last(self, value) -> None:
+        raise AttributeError(
+            "cpu_channels_last was replaced by one setting object: use "
+            f"set_fast_paths(channels_last={bool(value)}) (see ddpm.models.FastPaths)"
+        )
+
+    def set_fast_paths(self, fast_paths: FastPaths | None = None, **changes: bool) -> UNet2DModel:
+        """Use ``fast_paths`` (or the current setting) with the switch ``changes``, e.g.
+        ``unet.set_fast_paths(channels_last=False)``, in this model and its convolutions only; returns ``self``."""
+        value = resolve_fast_paths(getattr(self, "_fast_paths", FastPaths()), fast_paths, **changes)
+        self._fast_paths = value
+        for module in self.modules():
+            if isinstance(module, Conv2d):
+                module.fast_paths = value
+        return self
 
     def _timesteps(self, timestep, batch: int, device: torch.device) -> torch.Tensor:
         if not torch.is_tensor(timestep):
@@ -219,14 +246,10 @@ class UNet2DModel(ModelMixin):
         """
         if class_labels is not None:
             raise ValueError("class_embedding needs to be initialized in order to use class conditioning")
-        restore_nchw = False
-        if self.cpu_channels_last and sample.device.type == "cpu" and not _is_channels_last(sample):
-            # oneDNN convolutions run faster on NHWC activations. With NCHW weights each convolution then copies its
-            # weight to NHWC, which pays from a few images on (measured: -13% at batch 16, +20% at batch 1), or
-            # always when the weights are channels-last already (``model.to(memory_format=torch.channels_last)``).
-            if sample.shape[0] >= CPU_CHANNELS_LAST_MIN_BATCH or _is_channels_last(self.conv_in.weight):
-                sample = sample.contiguous(memory_format=torch.channels_last)
-                restore_nchw = True
+        # Fast path: oneDNN convolutions run faster on NHWC activations (the output is given back in NCHW).
+        nhwc = self._fast_paths.runs_channels_last(sample, self.conv_in.weight)
+        if nhwc:
+            sample = sample.contiguous(memory_format=torch.channels_last)
         if self._center_input_sample:
             sample = 2 * sample - 1.0
 
@@ -247,7 +270,7 @@ class UNet2DModel(ModelMixin):
             skips = skips[:-n]
 
         h = self.conv_out(F.silu(self.conv_norm_out(h), inplace=True))
-        if restore_nchw:
+        if nhwc:
             h = h.contiguous()
         if not return_dict:
             return (h,)

@@ -16,7 +16,6 @@ zero-terminal-SNR rescale and timestep spacings of Lin et al. 2023 (arXiv:2305.0
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -31,8 +30,11 @@ from .common import (
     PREDICTION_TYPES,
     TIMESTEP_SPACINGS,
     VARIANCE_TYPES,
+    ForwardProcessMixin,
     SchedulerMixin,
+    StepPositions,
     check_choice,
+    check_custom_timesteps,
     check_num_inference_steps,
     check_num_train_timesteps,
     spaced_timesteps,
@@ -70,7 +72,7 @@ class DDPMSchedulerOutput(BaseOutput):
 # ---------------------------------------------------------------------------------------------------------------
 # Per-step coefficients for the current schedule
 # ---------------------------------------------------------------------------------------------------------------
-class _StepTable:
+class _StepTable(StepPositions):
     """Coefficients of ``step`` for each position of a schedule, as Python floats (kernel scalars: no syncs).
 
     For a step from t to prev_t (prev_t = -1 after the last step), with a = ᾱ_t, a' = ᾱ_{prev_t} (1 for -1),
@@ -87,13 +89,8 @@ class _StepTable:
     """
 
     def __init__(self, alphas_cumprod: torch.Tensor, timesteps: np.ndarray, variance_type: str):
-        t = torch.as_tensor(timesteps, dtype=torch.int64)
-        prev = torch.cat([t[1:], t.new_tensor([-1])])
-        self.t: list[int] = t.tolist()
-        self.prev: list[int] = prev.tolist()
-        self.index: dict[int, int] = {v: i for i, v in enumerate(self.t)}
-        a32 = alphas_cumprod[t]
-        a_prev32 = torch.where(prev >= 0, alphas_cumprod[prev.clamp(min=0)], torch.ones((), dtype=torch.float32))
+        super().__init__(alphas_cumprod, timesteps, torch.ones((), dtype=torch.float32))
+        a32, a_prev32 = self.a32, self.a_prev32
         alpha32 = a32 / a_prev32
         beta32 = 1.0 - alpha32
         self.sqrt_a = (a32**0.5).tolist()
@@ -119,7 +116,7 @@ class _StepTable:
 # ---------------------------------------------------------------------------------------------------------------
 # The scheduler
 # ---------------------------------------------------------------------------------------------------------------
-class DDPMScheduler(SchedulerMixin):
+class DDPMScheduler(ForwardProcessMixin, SchedulerMixin):
     """Denoising diffusion probabilistic model scheduler: forward noising, the reverse step and the VLB terms.
 
     Constructor arguments, defaults and semantics are those of Diffusers' ``DDPMScheduler`` (differences, all
@@ -180,8 +177,6 @@ class DDPMScheduler(SchedulerMixin):
         self.init_noise_sigma = 1.0
         self.custom_timesteps = False
         self.num_inference_steps: int | None = None
-        self._device_tables: dict[tuple, torch.Tensor] = {}
-        self._vlb: dict[str, np.ndarray] | None = None  # float64 full-chain tables, built on first use
         self._set_schedule(np.arange(T - 1, -1, -1, dtype=np.int64), device=None)
 
     @property
@@ -197,31 +192,13 @@ class DDPMScheduler(SchedulerMixin):
 
     @timesteps.setter
     def timesteps(self, value) -> None:
-        values = self._validate_custom(value)
+        values = check_custom_timesteps(value, self.config.num_train_timesteps)
         device = value.device if isinstance(value, torch.Tensor) else None
         self._set_schedule(values, device)
 
     def _set_schedule(self, timesteps: np.ndarray, device) -> None:
         self._steps = _StepTable(self.alphas_cumprod, timesteps, self.config.variance_type)
         self._timesteps = torch.from_numpy(np.ascontiguousarray(timesteps, dtype=np.int64)).to(device)
-
-    def _validate_custom(self, timesteps) -> np.ndarray:
-        T = self.config.num_train_timesteps
-        if isinstance(timesteps, torch.Tensor):
-            timesteps = timesteps.detach().cpu().numpy()
-        values = np.asarray(timesteps)
-        if values.ndim != 1 or values.size == 0:
-            raise ValueError(f"timesteps={timesteps!r} must be a non-empty 1-D sequence of integers.")
-        if values.dtype.kind == "f" and np.all(values == np.round(values)):
-            values = values.astype(np.int64)
-        if values.dtype.kind not in "iu":
-            raise ValueError(f"timesteps={list(values)!r} must be integers.")
-        values = values.astype(np.int64)
-        if np.any(values[1:] >= values[:-1]):
-            raise ValueError(f"timesteps={values.tolist()!r} must be strictly descending (custom_timesteps).")
-        if values[0] >= T or values[-1] < 0:
-            raise ValueError(f"timesteps={values.tolist()!r} must lie in [0, num_train_timesteps - 1] = [0, {T - 1}].")
-        return values
 
     def set_timesteps(
         self,
@@ -243,7 +220,7 @@ class DDPMScheduler(SchedulerMixin):
                 f"Pass only one of num_inference_steps={num_inference_steps!r} and timesteps (custom timesteps)."
             )
         if timesteps is not None:
-            values = self._validate_custom(timesteps)
+            values = check_custom_timesteps(timesteps, T)
             self.custom_timesteps = True
         else:
             if num_inference_steps is None:
@@ -256,52 +233,14 @@ class DDPMScheduler(SchedulerMixin):
 
     def _index_of(self, timestep) -> int:
         """Position of ``timestep`` in the current schedule, without a host-device sync where possible."""
-        steps = self._steps
-        if isinstance(timestep, torch.Tensor):
-            if timestep.numel() != 1:
-                raise ValueError(f"timestep must be a single value; got a tensor of shape {tuple(timestep.shape)}.")
-            if timestep.device.type != "cpu":
-                # ``for t in scheduler.timesteps`` yields views of our own tensor: read the index off the view.
-                ts = self._timesteps
-                if (
-                    timestep.dim() == 0
-                    and timestep.device == ts.device
-                    and timestep.dtype == ts.dtype
-                    and timestep.untyped_storage().data_ptr() == ts.untyped_storage().data_ptr()
-                ):
-                    offset = timestep.storage_offset() - ts.storage_offset()
-                    if offset % ts.stride(0) == 0 and 0 <= offset // ts.stride(0) < len(steps.t):
-                        return offset // ts.stride(0)
-            value = timestep.item()  # CPU: free; other devices: one sync (a timestep not taken from .timesteps)
-        else:
-            value = timestep
-        if isinstance(value, (float, np.floating)) and float(value).is_integer():
-            value = int(value)
-        try:
-            value = operator.index(value)
-        except TypeError:
-            raise ValueError(f"timestep={timestep!r} must be an integer.") from None
-        index = steps.index.get(value)
-        if index is None:
-            shown = steps.t if len(steps.t) <= 12 else [*steps.t[:5], "...", *steps.t[-5:]]
-            raise ValueError(
-                f"timestep={value} is not in the current schedule {shown} "
-                f"(call set_timesteps first, or pass one of scheduler.timesteps)."
-            )
-        return index
+        return self._steps.index_of(timestep, self._timesteps)
 
     def previous_timestep(self, timestep):
         """The timestep that follows ``timestep`` in the current schedule (-1 after the last one).
 
         Returns an int for an int, a 0-d int64 tensor for a tensor (a view of ``self.timesteps``, as Diffusers).
         """
-        index = self._index_of(timestep)
-        prev = self._steps.prev[index]
-        if not isinstance(timestep, torch.Tensor):
-            return prev
-        if index + 1 < len(self._steps.t):
-            return self._timesteps[index + 1]
-        return torch.tensor(-1)
+        return self._steps.previous(timestep, self._timesteps)
 
     # -- the reverse step --------------------------------------------------------------------------------------------
     def _split_model_output(self, model_output: torch.Tensor, sample: torch.Tensor):
@@ -345,7 +284,7 @@ class DDPMScheduler(SchedulerMixin):
     ) -> DDPMSchedulerOutput | tuple[torch.Tensor, torch.Tensor]:
         """One reverse step x_t → x_{t-1} ~ p(x_{t-1}|x_t) (paper Algorithm 2, generalised to strided schedules).
 
-        ``timestep`` is the current t (an element of ``self.timesteps``; 0..T-1, paper t + 1); the step goes to the
+        ``timestep`` is the current t (an element of ``self.timesteps``, in 0..T-1); the step goes to the
         next timestep of the schedule (``previous_timestep``). The model's x_0 estimate (eq. 15, or the model output
         itself, or from v) is clipped or thresholded as configured, the posterior mean (eq. 7) formed, and for
         t > 0 noise is added with the variance type's σ_t. Noise is drawn exactly as Diffusers draws it (same shape,
@@ -406,8 +345,9 @@ class DDPMScheduler(SchedulerMixin):
         return DDPMSchedulerOutput(prev_sample=prev, pred_original_sample=x0)
 
     # -- tables per device/dtype -------------------------------------------------------------------------------------
-    def _vlb_tables(self) -> dict[str, np.ndarray]:
-        """Full-chain tables (t = 0..T-1) computed in float64, as the paper's code does.
+    def _host_tables(self) -> dict[str, np.ndarray]:
+        """The forward-process tables (:class:`ForwardProcessMixin`) and the full-chain VLB tables (t = 0..T-1) computed
+        in float64, as the paper's code does.
 
         The VLB tables start from the (float32) betas and take the cumulative product in float64, so that they are
         consistent with each other to float64 precision (1 - ᾱ_t is then exact at small t, where the float32
@@ -419,14 +359,11 @@ class DDPMScheduler(SchedulerMixin):
         betas = self.betas.numpy().astype(np.float64)
         a = np.cumprod(1.0 - betas)
         a_prev = np.append(1.0, a[:-1])
-        a_ref = self.alphas_cumprod.numpy().astype(np.float64)
         with np.errstate(divide="ignore", invalid="ignore"):
             posterior_variance = betas * (1.0 - a_prev) / (1.0 - a)
             clip_source = posterior_variance[1] if len(betas) > 1 else betas[0]
             return {
-                "ref_sqrt_alphas_cumprod": np.sqrt(a_ref),
-                "ref_sqrt_one_minus_alphas_cumprod": np.sqrt(1.0 - a_ref),
-                "ref_snr": a_ref / (1.0 - a_ref),
+                **super()._host_tables(),
                 "sqrt_alphas_cumprod": np.sqrt(a),
                 "sqrt_one_minus_alphas_cumprod": np.sqrt(1.0 - a),
                 "one_minus_alphas_cumprod": 1.0 - a,
@@ -443,77 +380,14 @@ class DDPMScheduler(SchedulerMixin):
                 "fixed_large_log_variance": np.log(np.append(clip_source, betas[1:])),
             }
 
-    def _table(self, name: str, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        """A float64-derived table cast once to ``dtype`` and moved once to ``device`` (cached per device/dtype)."""
-        key = (name, device, dtype)
-        table = self._device_tables.get(key)
-        if table is None:
-            if self._vlb is None:
-                self._vlb = self._vlb_tables()
-            table = torch.from_numpy(self._vlb[name]).to(dtype=dtype).to(device)
-            self._device_tables[key] = table
-        return table
-
-    def _timestep_tensor(self, timesteps, like: torch.Tensor) -> torch.Tensor:
-        """``timesteps`` (int, sequence, 0-d or [B] tensor) as an int64 tensor on ``like``'s device, checked."""
-        T = self.config.num_train_timesteps
-        if not isinstance(timesteps, torch.Tensor):
-            timesteps = torch.as_tensor(timesteps)
-        if timesteps.is_floating_point() or timesteps.is_complex() or timesteps.dtype == torch.bool:
-            raise ValueError(f"timesteps must be integers; got dtype {timesteps.dtype}.")
-        if timesteps.ndim > 1:
-            raise ValueError(f"timesteps must be an int or a [B] tensor; got shape {tuple(timesteps.shape)}.")
-        batch = 1 if timesteps.ndim == 0 else timesteps.shape[0]
-        if like.ndim == 0 or batch not in (1, like.shape[0]):
-            raise ValueError(
-                f"timesteps has {batch} values for a sample of shape {tuple(like.shape)}; give one timestep or one "
-                "per batch item."
-            )
-        if timesteps.device.type == "cpu" and timesteps.numel() and (timesteps.min() < 0 or timesteps.max() >= T):
-            raise ValueError(f"timesteps={timesteps.tolist()} must lie in [0, num_train_timesteps - 1] = [0, {T - 1}].")
-        return timesteps.to(device=like.device, dtype=torch.int64, non_blocking=True)
-
-    def _gather(self, name: str, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """table[t] shaped [B, 1, ..., 1] to broadcast against ``like``."""
-        values = self._table(name, like.device, like.dtype)[t.reshape(-1)]
-        return values.reshape(-1, *([1] * (like.ndim - 1)))
-
     def _coefficient_dtype(self, x: torch.Tensor) -> torch.dtype:
         return x.dtype if x.is_floating_point() else torch.float32
-
-    # -- forward process ---------------------------------------------------------------------------------------------
-    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
-        """x_t = sqrt(ᾱ_t) x_0 + sqrt(1 - ᾱ_t) ε (eq. 4 reparametrised), t per batch item ([B]) or one for all.
-
-        ``timesteps`` may be a Python int, a 0-d tensor or a [B] int tensor (on any device). The scheduler's state is
-        not changed (the coefficients are cached per device and dtype). ᾱ_t is the public float32
-        ``alphas_cumprod`` (as Diffusers); the square roots are taken in float64 and rounded once to the dtype.
-        """
-        t = self._timestep_tensor(timesteps, original_samples)
-        sqrt_a = self._gather("ref_sqrt_alphas_cumprod", t, original_samples)
-        sqrt_b = self._gather("ref_sqrt_one_minus_alphas_cumprod", t, original_samples)
-        return torch.addcmul(original_samples * sqrt_a, sqrt_b, noise)
-
-    def snr(self, timesteps) -> torch.Tensor:
-        """Signal-to-noise ratio ᾱ_t / (1 - ᾱ_t) of the public ``alphas_cumprod`` at integer timesteps (an int, a
-        sequence, a 0-d or [B] tensor), in float64 on the timesteps' device and of their shape (from a table cached per
-        device, so a training step copies nothing)."""
-        t = timesteps if isinstance(timesteps, torch.Tensor) else torch.as_tensor(timesteps)
-        t = self._timestep_tensor(t, t.reshape(-1) if t.ndim == 0 else t)
-        return self._table("ref_snr", t.device, torch.float64)[t]
-
-    def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
-        """v = sqrt(ᾱ_t) ε - sqrt(1 - ᾱ_t) x_0 (Salimans & Ho 2022), the v_prediction target; t as in add_noise."""
-        t = self._timestep_tensor(timesteps, sample)
-        sqrt_a = self._gather("ref_sqrt_alphas_cumprod", t, sample)
-        sqrt_b = self._gather("ref_sqrt_one_minus_alphas_cumprod", t, sample)
-        return torch.addcmul(noise * sqrt_a, sqrt_b, sample, value=-1.0)
 
     # -- variational-bound building blocks (full T-step chain) -----------------------------------------------------
     def q_mean_variance(self, x0: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Mean, variance and log-variance of q(x_t | x_0) = N(sqrt(ᾱ_t) x_0, (1 - ᾱ_t) I) (eq. 4).
 
-        ``t`` is an int or an int tensor [B] (0..T-1; paper t + 1). Variance and log-variance are broadcast (expanded
+        ``t`` is an int or an int tensor [B] (0..T-1). Variance and log-variance are broadcast (expanded
         views) to ``x0``'s shape. Like all the VLB terms, ᾱ here is the float64 cumulative product of the betas
         (the paper's code), not the float32 ``alphas_cumprod`` (they agree to ~6e-7 relative).
         """
@@ -557,7 +431,7 @@ class DDPMScheduler(SchedulerMixin):
         log σ² = frac·log β_t + (1 - frac)·log β̃_t(clipped), frac = (v + 1) / 2. ``variance`` is always
         ``exp(log_variance)``.
 
-        ``t`` is an int or an int tensor [B] (0..T-1; paper t + 1). Returns dict(mean, variance, log_variance,
+        ``t`` is an int or an int tensor [B] (0..T-1). Returns dict(mean, variance, log_variance,
         pred_original_sample), each of ``x_t``'s shape.
         """
         t = self._timestep_tensor(t, x_t)

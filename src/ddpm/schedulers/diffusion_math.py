@@ -1,11 +1,11 @@
 """The diffusion math that does not need a scheduler object: beta schedules and the variational-bound terms.
 
-Index convention (used everywhere in this library): a timestep ``t`` runs over ``0 .. T-1``; the paper's
-(Ho et al. 2020) ``t`` runs over ``1 .. T``, so **paper t = ours + 1**. ``betas[t]`` is the paper's β_{t+1}.
+Timesteps follow the library's index convention, stated in :mod:`ddpm.schedulers.common` (``betas[t]`` is the
+paper's β_{t+1}).
 
 The beta schedules reproduce Hugging Face Diffusers' ``DDPMScheduler`` bit for bit (they are the definition of the
 process a checkpoint was trained with, so they are computed exactly as the reference computes them, in float32).
-Everything derived from them for the variational bound is computed in float64 (see :mod:`ddpm.scheduler`).
+Everything derived from them for the variational bound is computed in float64 (see :mod:`ddpm.schedulers.ddpm`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Training: data sets, the loss, EMA, checkpoints, the loop and distributed set-up.
+"""Training: the loss, EMA, the data order, checkpoints and the loop. The data sets (:mod:`ddpm.data`) and the
+distributed set-up (:mod:`ddpm.distributed`) are shared services at the base of the package.
 
 >>> from ddpm.training import resolve_config, train
 >>> result = train(resolve_config("fashion-mnist-small", data="fashion-mnist", output_dir="runs/fm", max_steps=2000))

@@ -1,4 +1,17 @@
-"""Training checkpoints that survive a kill at any moment, and the RNG states needed to continue exactly.
+"""Training checkpoints: what a run's state is (:class:`RunState` and its schema), the files that hold it (which
+survive a kill at any moment), and the RNG states needed to continue exactly.
+
+Schema (the payload, a dict; ``CHECKPOINT_FORMAT`` / ``CHECKPOINT_VERSION``)::
+
+    format, version     "ddpm-train-checkpoint", 1
+    step                completed optimiser updates
+    config              the run's TrainConfig as JSON text
+    model               the raw model's state dict (CPU tensors)
+    ema                 EMA.state_dict() (rank 0's), or None
+    optimizer, scaler   their state dicts
+    lr_schedule         kind ("linear_warmup_<schedule>"), lr, warmup_steps, max_steps (for reading; the config rules)
+    data_order          DataOrder.state_dict(step): seed, size, batch_size, step, epoch, index
+    rng                 world_size and ranks: one capture_rng_state() per process, rank order
 
 File format (``checkpoint-<step>.pt``)::
 
@@ -22,16 +35,25 @@ import random
 import re
 import struct
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from ddpm import io as ddpm_io
 
+if TYPE_CHECKING:  # pragma: no cover
+    from ddpm.training.config import TrainConfig
+    from ddpm.training.data_order import DataOrder
+    from ddpm.training.ema import EMA
+
 logger = logging.getLogger(__name__)
 
+CHECKPOINT_FORMAT = "ddpm-train-checkpoint"
+CHECKPOINT_VERSION = 1
 MAGIC = b"DDPMCKP1"
 _TRAILER = struct.Struct("<32sQ8s")
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)\.pt$")
@@ -188,3 +210,73 @@ def restore_rng_state(state: dict[str, Any], generators: dict[str, torch.Generat
     for name, g in (generators or {}).items():
         if name in state["generators"]:
             g.set_state(state["generators"][name])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The run's state
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass
+class RunState:
+    """Everything a training run carries from one step to the next: exactly what a checkpoint holds.
+
+    ``model`` is the raw module (not a DDP or compiled wrapper); ``ema`` exists on rank 0 only; ``generators`` are the
+    run's own named generators (``"noise"``: timesteps, noise and flips); ``step`` counts completed updates.
+    """
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    ema: EMA | None
+    order: DataOrder
+    generators: dict[str, torch.Generator] = field(default_factory=dict)
+    step: int = 0
+
+    def state_dict(self, config: TrainConfig, rng_ranks: list[dict[str, Any]]) -> dict[str, Any]:
+        """The checkpoint payload (the schema above); ``rng_ranks`` holds every process's
+        :func:`capture_rng_state`, in rank order."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
+            "step": self.step,
+            "config": config.to_json(),
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "lr_schedule": {
+                "kind": f"linear_warmup_{config.lr_schedule}",
+                "lr": config.lr,
+                "warmup_steps": config.warmup_steps,
+                "max_steps": config.max_steps,
+            },
+            "data_order": self.order.state_dict(self.step),
+            "rng": {"world_size": len(rng_ranks), "ranks": rng_ranks},
+        }
+
+    def load_state_dict(self, state: dict[str, Any], rank: int = 0, world_size: int = 1, warn: bool = True) -> None:
+        """Continue from a payload of :meth:`state_dict`: weights, optimiser, scaler, EMA, this rank's RNG states and
+        the step. With ``warn``, says when the data set's size or the number of processes differ from the saved run's
+        (the run then continues, but is no longer an exact continuation)."""
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"format={state.get('format')!r}: not a ddpm training checkpoint ({CHECKPOINT_FORMAT!r})")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"])
+        size = state["data_order"]["size"]
+        if size != self.order.size and warn:
+            warnings.warn(
+                f"the data set has {self.order.size} images, the checkpoint's had {size}: the data order differs",
+                stacklevel=3,
+            )
+        ranks = state["rng"]["ranks"]
+        if len(ranks) != world_size and warn:
+            warnings.warn(
+                f"resuming {len(ranks)}-process RNG states in {world_size} process(es): dropout draws differ "
+                "from an uninterrupted run (noise, timesteps and data order do not)",
+                stacklevel=3,
+            )
+        restore_rng_state(ranks[rank % len(ranks)], self.generators)
+        self.step = int(state["step"])

@@ -4,10 +4,10 @@ Precedence, lowest first: the dataclass defaults (the paper's CIFAR-10 recipe), 
 ``config.json`` (``--model-config``, replaces the architecture), then options given explicitly. The result is validated
 once, written to ``<output_dir>/config.json`` and stored inside every checkpoint.
 
-Presets are versioned JSON files in ``configs/`` at the repository root; copies ship inside the package
-(``ddpm/training/presets``) so that an installed ``ddpm`` finds them by bare name (``--config cifar10``). A test keeps
-the two identical. A preset holds any subset of the :class:`TrainConfig` fields; its ``model`` replaces the default
-architecture and its ``scheduler`` keys override the default scheduler keys.
+Presets are versioned JSON files in one folder, ``ddpm/training/presets/`` inside the package (so an installed
+``ddpm`` has them), named by their bare name (``--config cifar10``) whatever the working directory. A preset holds any
+subset of the :class:`TrainConfig` fields; its ``model`` replaces the default architecture and its ``scheduler`` keys
+override the default scheduler keys.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+#: The one folder of the presets (package data, so a wheel installs it).
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
-REPO_CONFIGS = Path(__file__).resolve().parents[3] / "configs"
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 LR_SCHEDULES = ("constant", "cosine", "linear")
@@ -251,20 +251,29 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.json"))
 
 
+def is_preset_name(name_or_path: str | os.PathLike) -> bool:
+    """Whether ``name_or_path`` is a bare preset name (no folder, no ``.json``) rather than a path to a file."""
+    text = os.fspath(name_or_path)
+    return bool(text) and Path(text).name == text and not text.endswith(".json") and text not in (".", "..")
+
+
 def find_preset(name_or_path: str | os.PathLike) -> Path:
-    """A preset file: an existing path, else ``configs/NAME.json`` (working directory, then the repository), else
-    the copy shipped in the package."""
+    """A preset file. A bare name (``cifar10``) is always the shipped preset ``PRESET_DIR/NAME.json``, whatever the
+    working directory holds; anything else (``my.json``, ``./cifar10``, ``runs/x.json``) is a path to a JSON file.
+    :class:`ConfigError` naming the value and the shipped presets otherwise."""
+    shipped = ", ".join(preset_names())
+    if is_preset_name(name_or_path):
+        candidate = PRESET_DIR / f"{os.fspath(name_or_path)}.json"
+        if candidate.is_file():
+            return candidate
+        raise ConfigError(
+            f"no preset {os.fspath(name_or_path)!r}: the shipped presets are {shipped} "
+            "(for a file of your own give its path, e.g. ./NAME.json)"
+        )
     path = Path(name_or_path)
     if path.is_file():
         return path
-    name = path.name[:-5] if path.name.endswith(".json") else path.name
-    for folder in (Path("configs"), REPO_CONFIGS, PRESET_DIR):
-        candidate = folder / f"{name}.json"
-        if candidate.is_file():
-            return candidate
-    raise ConfigError(
-        f"no preset {str(name_or_path)!r}: not a file, and not one of the shipped presets ({', '.join(preset_names())})"
-    )
+    raise ConfigError(f"no preset {os.fspath(name_or_path)!r}: no such file (the shipped presets are {shipped})")
 
 
 def load_json_object(path: str | os.PathLike, what: str) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Training losses: the paper's L_simple and improved DDPM's hybrid loss for learned variances.
 
-Notation (index convention: t runs 0..T-1; the paper's t is ours + 1):
+Notation (timesteps as stated in :mod:`ddpm.schedulers.common`):
 
 * ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps`` (paper eq. 4, ``scheduler.add_noise``).
 * L_simple (paper eq. 14): the mean over pixels of ``(target - prediction)^2``, where the target is ``eps``
@@ -17,23 +17,17 @@ Notation (index convention: t runs 0..T-1; the paper's t is ours + 1):
   ``L_t`` = KL(q(x_{t-1}|x_t,x0) || p(x_{t-1}|x_t)) for t > 0 and the discretized-Gaussian decoder NLL
   ``-log p(x0|x_1)`` for t = 0 (paper eq. 5 and 13), each a mean over pixels in bits. The mean half of the output
   enters L_vlb through a stop-gradient, so L_vlb trains only the variance. With T = 1000 this is exactly
-  improved-diffusion's ``RESCALED_MSE`` (its ``vb * num_timesteps / 1000`` equals ``lambda * T * L_t``).
+  improved-diffusion's ``RESCALED_MSE`` (its ``vb * num_timesteps / 1000`` equals ``lambda * T * L_t``). The terms
+  come from :func:`ddpm.likelihood.vb_terms_bpd`, the same that the evaluation's bound sums.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
+from ddpm.likelihood import mean_flat, vb_terms_bpd
 from ddpm.schedulers.vocabulary import LEARNED_VARIANCE_TYPES
-
-_LN2 = math.log(2.0)
-
-
-def _mean_flat(x: torch.Tensor) -> torch.Tensor:
-    return x.mean(dim=tuple(range(1, x.ndim)))
 
 
 def prediction_target(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -45,18 +39,6 @@ def prediction_target(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch
     if kind == "v_prediction":
         return scheduler.get_velocity(x0, noise, t)
     raise ValueError(f"prediction_type={kind!r} is not supported for training; allowed: epsilon, sample, v_prediction")
-
-
-def vlb_terms(scheduler, model_output: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor):
-    """Per-sample ``L_t`` in bits per dimension: the KL term for t > 0, the decoder NLL for t = 0 (float32/64)."""
-    from ddpm.schedulers.diffusion_math import discretized_gaussian_log_likelihood, normal_kl
-
-    true_mean, _, true_log_var = scheduler.q_posterior_mean_variance(x0, x_t, t)
-    out = scheduler.p_mean_variance(model_output, x_t, t, clip_denoised=False)
-    kl = _mean_flat(normal_kl(true_mean, true_log_var, out["mean"], out["log_variance"])) / _LN2
-    nll = -discretized_gaussian_log_likelihood(x0, means=out["mean"], log_scales=0.5 * out["log_variance"])
-    nll = _mean_flat(nll) / _LN2
-    return torch.where(t == 0, nll.to(kl.dtype), kl)
 
 
 def diffusion_loss(
@@ -89,12 +71,12 @@ def diffusion_loss(
             raise ValueError(f"the model outputs {model_output.shape[1]} channels, the data has {channels}")
         prediction = model_output
     target = prediction_target(scheduler, x0, noise, t).float()
-    mse = _mean_flat((target - prediction) ** 2)
+    mse = mean_flat((target - prediction) ** 2)
     terms = {"mse": mse}
     simple = mse * min_snr_weights(scheduler, t, snr_gamma) if snr_gamma > 0 else mse
     if learned:
         frozen = torch.cat([prediction.detach(), variance_values], dim=1)
-        vb = vlb_terms(scheduler, frozen, x0, x_t, t).float()
+        vb = vb_terms_bpd(scheduler, frozen, x0, x_t, t, clip_denoised=False)["bpd"].float()
         terms["vb"] = vb
         terms["loss"] = simple + vlb_weight * scheduler.config.num_train_timesteps * vb
     else:

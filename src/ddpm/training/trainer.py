@@ -12,6 +12,10 @@ One step (``step`` counts completed optimiser updates, 0-based):
 Every ``checkpoint_every`` steps (and at the end) rank 0 writes a checkpoint holding everything needed to continue
 bit for bit (see :mod:`ddpm.training.checkpoint`) and re-exports ``pipeline/`` with the EMA weights. A NaN or infinite
 loss stops the run with :class:`NonFiniteLossError` before anything is saved, so the last checkpoint stays good.
+
+The loop reads as set-up (:meth:`Trainer._set_up`: a fresh or resumed :class:`~ddpm.training.checkpoint.RunState`,
+the run folder, the model as trained), step (:meth:`Trainer._step`) and maintenance (:meth:`Trainer._maintain`:
+metrics, checkpoints, exports, samples). The run state is the one object a checkpoint saves and restores.
 """
 
 from __future__ import annotations
@@ -30,19 +34,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from ddpm import distributed as ddist
 from ddpm import io as ddpm_io
+from ddpm.data import DataError, open_dataset, to_model_range
 from ddpm.training import checkpoint as ckpt
-from ddpm.training import distributed as ddist
 from ddpm.training.config import TrainConfig
-from ddpm.training.data import DataError, open_dataset, to_model_range
 from ddpm.training.data_order import DataOrder, StepBatchSampler
 from ddpm.training.ema import EMA
 from ddpm.training.losses import compute_loss
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = "ddpm-train-checkpoint"
-CHECKPOINT_VERSION = 1
 _AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -217,6 +219,34 @@ class _Metrics:
         return step_losses, metrics
 
 
+@dataclass
+class _Loop:
+    """What one process uses while the loop runs, beside the checkpointed :class:`~ddpm.training.checkpoint.RunState`
+    (nothing here is saved): the data, the scheduler, the model as trained (DDP / compiled wrapper), this rank's rows of
+    the global batch, the metrics and, on rank 0, the outputs (TensorBoard, sampler, progress bar)."""
+
+    info: ddist.DistInfo
+    dataset: Any
+    scheduler: Any
+    train_model: nn.Module
+    params: list[torch.Tensor]
+    autocast_dtype: torch.dtype | None
+    rows: slice
+    metrics: _Metrics
+    writer: Any = None
+    sampler: _SampleState | None = None
+    bar: Any = None
+    resumed_from: Path | None = None
+    last_checkpoint: Path | None = None
+    last_metrics: dict[str, Any] = field(default_factory=dict)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
 class Trainer:
     """Runs one training run described by a :class:`TrainConfig` (see the module docstring).
 
@@ -323,26 +353,89 @@ class Trainer:
             ddist.shutdown(info)
 
     def _run(self, info: ddist.DistInfo) -> TrainResult:
+        state, loop = self._set_up(info)
+        batches = self._loader(loop.dataset, state.order, state.step, info)
+        try:
+            while state.step < self.cfg.max_steps:
+                self._step(state, loop, next(batches))
+                self._maintain(state, loop)
+        finally:
+            loop.close()
+            batches.close()
+        ddist.barrier(info)
+        return TrainResult(
+            step=state.step,
+            output_dir=self.out,
+            pipeline_dir=self.out / "pipeline" if info.is_main else None,
+            last_checkpoint=loop.last_checkpoint,
+            last_metrics=loop.last_metrics,
+            resumed_from=loop.resumed_from,
+        )
+
+    # ---------------------------------------------------------------------------------------------------------
+    # Set-up: the run's state (fresh or resumed), the run folder, and what the loop uses
+    # ---------------------------------------------------------------------------------------------------------
+    def _set_up(self, info: ddist.DistInfo) -> tuple[ckpt.RunState, _Loop]:
         cfg = self.cfg
         if cfg.batch_size % info.world_size:
             raise TrainingError(
                 f"--batch-size {cfg.batch_size} (global) must be divisible by the number of processes "
                 f"({info.world_size})"
             )
-        device = info.device
         dataset = self._open_data_everywhere(info)
-        order = DataOrder(len(dataset), cfg.batch_size, cfg.seed)
+        state = self._new_state(info, DataOrder(len(dataset), cfg.batch_size, cfg.seed))
+        resumed_from = self._resume(state, info)
+        ddist.barrier(info)
+        if info.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            ddpm_io.atomic_write_text(self.out / "config.json", cfg.to_json())
+            self._trim_metrics(state.step)
 
-        # Same initial weights on every rank (DDP would broadcast them anyway).
+        train_model = state.model
+        if info.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            device_ids = [info.device.index] if info.device.type == "cuda" else None
+            train_model = DistributedDataParallel(train_model, device_ids=device_ids)
+        if cfg.compile:
+            # Compiles on the first step; the plain model stays what is checkpointed, averaged and exported.
+            train_model = torch.compile(train_model, dynamic=False)  # fixed shapes: one graph, no symbolic sizes
+        scheduler = self._build_scheduler()
+        per_rank = cfg.batch_size // info.world_size
+        loop = _Loop(
+            info=info,
+            dataset=dataset,
+            scheduler=scheduler,
+            train_model=train_model,
+            params=[p for p in state.model.parameters() if p.requires_grad],
+            autocast_dtype=_AUTOCAST[cfg.precision],
+            rows=slice(info.rank * per_rank, (info.rank + 1) * per_rank),
+            metrics=_Metrics(info.device, scheduler.config.num_train_timesteps),
+            resumed_from=resumed_from,
+            last_checkpoint=resumed_from,
+        )
+        if info.is_main:
+            loop.writer = self._tensorboard()
+            loop.sampler = _SampleState(self, state.model, scheduler, info.device)
+            loop.bar = self._progress_bar(state.step)
+            logger.info(
+                "training from step %d to %d: %d images, global batch %d on %d process(es), %s, %s",
+                state.step, cfg.max_steps, len(dataset), cfg.batch_size, info.world_size, info.device, cfg.precision,
+            )  # fmt: skip
+        return state, loop
+
+    def _new_state(self, info: ddist.DistInfo, order: DataOrder) -> ckpt.RunState:
+        """The state of step 0: the same initial weights on every rank (DDP would broadcast them anyway), then a
+        different global RNG stream per rank (dropout), and the run's own noise generator."""
+        cfg = self.cfg
+        device = info.device
         _seed_everything(cfg.seed)
         model = self._build_model().to(device)
         if cfg.gradient_checkpointing and hasattr(model, "enable_gradient_checkpointing"):
             model.enable_gradient_checkpointing()
         model.train()
-        scheduler = self._build_scheduler()
-        params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.Adam(
-            params,
+            [p for p in model.parameters() if p.requires_grad],
             lr=cfg.lr,
             betas=(cfg.adam_beta1, cfg.adam_beta2),
             eps=cfg.adam_eps,
@@ -350,180 +443,37 @@ class Trainer:
         )
         scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
         ema = EMA(model, cfg.ema_decay, cfg.ema_warmup, cfg.ema_inv_gamma, cfg.ema_power) if info.is_main else None
-        # Dropout and anything else drawing from the global RNGs: a different stream per rank.
         _seed_everything(cfg.seed + 1 + info.rank)
-        noise_gen = torch.Generator(device=device).manual_seed(cfg.seed)
-        generators = {"noise": noise_gen}
+        generators = {"noise": torch.Generator(device=device).manual_seed(cfg.seed)}
+        return ckpt.RunState(model, optimizer, scaler, ema, order, generators)
 
-        # Resume (every rank loads, before DDP wraps the model).
-        step = 0
-        resumed_from = None
+    def _resume(self, state: ckpt.RunState, info: ddist.DistInfo) -> Path | None:
+        """With ``resume``, load the newest intact checkpoint into ``state`` on every rank (before DDP wraps the
+        model); returns its path, or None for a fresh run. Without it, an output folder with checkpoints is refused."""
         existing = ckpt.list_checkpoints(self.ckpt_dir)
         if existing and not self.resume:
             raise TrainingError(
                 f"{self.out} already holds checkpoints (newest: {existing[0][1].name}); pass --resume to continue "
                 "that run, or choose another --output-dir"
             )
-        if self.resume:
-            found = ckpt.load_latest_checkpoint(self.ckpt_dir)
-            if found is None:
-                if info.is_main:
-                    logger.warning("--resume: no checkpoint in %s; starting a new run", self.ckpt_dir)
-            else:
-                state, resumed_from = found
-                step = self._restore(state, model, optimizer, scaler, ema, generators, info, order)
-        ddist.barrier(info)
-
+        if not self.resume:
+            return None
+        found = ckpt.load_latest_checkpoint(self.ckpt_dir)
+        if found is None:
+            if info.is_main:
+                logger.warning("--resume: no checkpoint in %s; starting a new run", self.ckpt_dir)
+            return None
+        payload, path = found
+        if payload.get("format") != ckpt.CHECKPOINT_FORMAT:
+            raise TrainingError("the checkpoint is not a ddpm training checkpoint")
+        self._check_resumable(json.loads(payload["config"]), warn=info.is_main)
+        state.load_state_dict(payload, info.rank, info.world_size, warn=info.is_main)
         if info.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            ddpm_io.atomic_write_text(self.out / "config.json", cfg.to_json())
-            self._trim_metrics(step)
-        train_model = model
-        if info.distributed:
-            from torch.nn.parallel import DistributedDataParallel
-
-            train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-        if cfg.compile:
-            # Compiles on the first step; the plain `model` stays what is checkpointed, averaged and exported.
-            train_model = torch.compile(train_model, dynamic=False)  # fixed shapes: one graph, no symbolic sizes
-
-        autocast_dtype = _AUTOCAST[cfg.precision]
-        B, C, R = cfg.batch_size, cfg.channels, cfg.resolution
-        per_rank = B // info.world_size
-        lo, hi = info.rank * per_rank, (info.rank + 1) * per_rank
-        T = scheduler.config.num_train_timesteps
-        metrics = _Metrics(device, T)
-        has_vb = cfg.learned_variance
-        writer = self._tensorboard() if info.is_main else None
-        sampler_state = _SampleState(self, model, scheduler, device) if info.is_main else None
-        bar = self._progress_bar(step) if info.is_main else None
-        last_ckpt = resumed_from
-        last_metrics: dict[str, Any] = {}
-        if info.is_main:
-            logger.info(
-                "training from step %d to %d: %d images, global batch %d on %d process(es), %s, %s",
-                step, cfg.max_steps, len(dataset), B, info.world_size, device, cfg.precision,
-            )  # fmt: skip
-
-        batches = self._loader(dataset, order, step, info)
-        try:
-            while step < cfg.max_steps:
-                images = next(batches).to(device, non_blocking=True)
-                x0 = to_model_range(images)
-                t_all = torch.randint(0, T, (B,), generator=noise_gen, device=device)
-                noise_all = torch.randn((B, C, R, R), generator=noise_gen, device=device)
-                t, noise = t_all[lo:hi], noise_all[lo:hi]
-                if cfg.hflip:
-                    flip = (torch.rand((B,), generator=noise_gen, device=device) < 0.5)[lo:hi]
-                    x0 = torch.where(flip[:, None, None, None], x0.flip(3), x0)
-                terms, loss, grad_norm = optimisation_step(
-                    train_model, scheduler, optimizer, x0, noise, t,
-                    lr=learning_rate(cfg, step), grad_clip=cfg.grad_clip, vlb_weight=cfg.vlb_weight,
-                    snr_gamma=cfg.snr_gamma, autocast_dtype=autocast_dtype, scaler=scaler, ema=ema, ema_model=model,
-                    params=params,
-                )  # fmt: skip
-                step += 1
-                metrics.add(terms, t, loss, grad_norm, per_rank)
-                if bar is not None:
-                    bar.update(1)
-
-                save_now = step % cfg.checkpoint_every == 0 or step == cfg.max_steps
-                if step % cfg.log_every == 0 or save_now:
-                    last_metrics = self._flush_metrics(metrics, info, has_vb, step, optimizer, bar, writer)
-                if save_now:
-                    last_ckpt = self._save(step, model, optimizer, scaler, ema, generators, info, order)
-                    if info.is_main:
-                        sampler_state.export(ema, self.out / "pipeline")
-                        self._draw_loss_curve()
-                if info.is_main and cfg.sample_every and (step % cfg.sample_every == 0 or step == cfg.max_steps):
-                    grid = sampler_state.sample_grid(ema, self.out / "samples" / f"step-{step:09d}.png")
-                    if writer is not None:
-                        writer.add_image("samples", np.asarray(grid), step, dataformats="HWC")
-        finally:
-            if bar is not None:
-                bar.close()
-            if writer is not None:
-                writer.close()
-            batches.close()
-        ddist.barrier(info)
-        return TrainResult(
-            step=step,
-            output_dir=self.out,
-            pipeline_dir=self.out / "pipeline" if info.is_main else None,
-            last_checkpoint=last_ckpt,
-            last_metrics=last_metrics,
-            resumed_from=resumed_from,
-        )
-
-    # ---------------------------------------------------------------------------------------------------------
-    # Pieces of the loop
-    # ---------------------------------------------------------------------------------------------------------
-    def _flush_metrics(self, metrics, info, has_vb, step, optimizer, bar, writer) -> dict[str, Any]:
-        n = len(metrics.losses)
-        step_losses, values = metrics.read(info, has_vb, weighted=self.cfg.snr_gamma > 0)
-        metrics.reset()
-        for i, value in enumerate(step_losses):
-            if not math.isfinite(value):
-                bad = step - n + i + 1
-                saved = ckpt.list_checkpoints(self.ckpt_dir)
-                kept = f"the last good checkpoint is {saved[0][1]}" if saved else "no checkpoint was written yet"
-                raise NonFiniteLossError(
-                    f"the loss became {value} at step {bad}; stopping without saving ({kept}). Try a lower --lr, "
-                    "--grad-clip, or --precision fp32/bf16, and check the data.",
-                    bad,
-                )
-        record = {"step": step, "lr": optimizer.param_groups[0]["lr"], **values}
-        if info.is_main:
-            with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
-            if bar is not None:
-                bar.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{values['images_per_s']:.0f}", refresh=False)
-            if writer is not None:
-                for key, value in record.items():
-                    if key != "step":
-                        writer.add_scalar(f"train/{key}", value, step)
-        return record
-
-    def _state(self, step, model, optimizer, scaler, ema, rng, info, order) -> dict[str, Any]:
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "version": CHECKPOINT_VERSION,
-            "step": step,
-            "config": self.cfg.to_json(),
-            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "ema": ema.state_dict() if ema is not None else None,
-            "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict(),
-            "lr_schedule": {
-                "kind": f"linear_warmup_{self.cfg.lr_schedule}",
-                "lr": self.cfg.lr,
-                "warmup_steps": self.cfg.warmup_steps,
-                "max_steps": self.cfg.max_steps,
-            },
-            "data_order": order.state_dict(step),
-            "rng": {"world_size": info.world_size, "ranks": rng},
-        }
-
-    def _save(self, step, model, optimizer, scaler, ema, generators, info, order) -> Path | None:
-        # Every rank's RNG states go into rank 0's file (each rank continues its own dropout stream on resume).
-        rng = ddist.all_gather_objects(ckpt.capture_rng_state(generators), info)
-        path = None
-        error = None
-        if info.is_main:
-            state = self._state(step, model, optimizer, scaler, ema, rng, info, order)
-            try:
-                path = ckpt.save_checkpoint(state, self.ckpt_dir, step, keep=self.cfg.keep_checkpoints)
-            except ckpt.CheckpointError as err:
-                error = str(err)
-        error = ddist.broadcast_object(error, info)
-        if error:
-            raise TrainingError(error)
+            logger.info("resumed from step %d", state.step)
         return path
 
-    def _restore(self, state, model, optimizer, scaler, ema, generators, info, order) -> int:
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise TrainingError("the checkpoint is not a ddpm training checkpoint")
-        saved_cfg = json.loads(state["config"])
+    def _check_resumable(self, saved_cfg: dict[str, Any], warn: bool) -> None:
+        """Refuse a checkpoint of another model or process; warn about options that make the run a different one."""
         current = json.loads(self.cfg.to_json())  # compare in JSON form (tuples and lists alike)
         for key in ("model", "scheduler", "resolution", "channels", "dropout"):
             if key in saved_cfg and saved_cfg[key] != current[key]:
@@ -538,34 +488,101 @@ class Trainer:
         saved_max = saved_cfg.get("max_steps", current["max_steps"])
         if current["lr_schedule"] != "constant" and saved_max != current["max_steps"]:
             changed.append("max_steps")  # a decaying schedule is a function of max_steps
-        if changed and info.is_main:
+        if changed and warn:
             warnings.warn(
                 "resuming with changed options " + ", ".join(f"{k}: {saved_cfg[k]!r} -> {getattr(self.cfg, k)!r}"
-                for k in changed) + "; the run is no longer an exact continuation", stacklevel=3,
+                for k in changed) + "; the run is no longer an exact continuation", stacklevel=4,
             )  # fmt: skip
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        if ema is not None and state.get("ema") is not None:
-            ema.load_state_dict(state["ema"])
-        size = state["data_order"]["size"]
-        if size != order.size and info.is_main:
-            warnings.warn(
-                f"the data set has {order.size} images, the checkpoint's had {size}: the data order differs",
-                stacklevel=3,
-            )
-        ranks = state["rng"]["ranks"]
-        if len(ranks) != info.world_size and info.is_main:
-            warnings.warn(
-                f"resuming {len(ranks)}-process RNG states in {info.world_size} process(es): dropout draws differ "
-                "from an uninterrupted run (noise, timesteps and data order do not)",
-                stacklevel=3,
-            )
-        ckpt.restore_rng_state(ranks[info.rank % len(ranks)], generators)
+
+    # ---------------------------------------------------------------------------------------------------------
+    # One step
+    # ---------------------------------------------------------------------------------------------------------
+    def _step(self, state: ckpt.RunState, loop: _Loop, images: torch.Tensor) -> None:
+        """One update on this rank's slice of the global batch of step ``state.step``; the global batch's timesteps,
+        noise and flips are drawn whole from the run's generator, so N processes see what one process would."""
+        cfg, device = self.cfg, loop.info.device
+        B, C, R = cfg.batch_size, cfg.channels, cfg.resolution
+        T = loop.scheduler.config.num_train_timesteps
+        noise_gen = state.generators["noise"]
+        x0 = to_model_range(images.to(device, non_blocking=True))
+        t_all = torch.randint(0, T, (B,), generator=noise_gen, device=device)
+        noise_all = torch.randn((B, C, R, R), generator=noise_gen, device=device)
+        t, noise = t_all[loop.rows], noise_all[loop.rows]
+        if cfg.hflip:
+            flip = (torch.rand((B,), generator=noise_gen, device=device) < 0.5)[loop.rows]
+            x0 = torch.where(flip[:, None, None, None], x0.flip(3), x0)
+        terms, loss, grad_norm = optimisation_step(
+            loop.train_model, loop.scheduler, state.optimizer, x0, noise, t,
+            lr=learning_rate(cfg, state.step), grad_clip=cfg.grad_clip, vlb_weight=cfg.vlb_weight,
+            snr_gamma=cfg.snr_gamma, autocast_dtype=loop.autocast_dtype, scaler=state.scaler, ema=state.ema,
+            ema_model=state.model, params=loop.params,
+        )  # fmt: skip
+        state.step += 1
+        loop.metrics.add(terms, t, loss, grad_norm, len(t))
+        if loop.bar is not None:
+            loop.bar.update(1)
+
+    # ---------------------------------------------------------------------------------------------------------
+    # Maintenance after a step: metrics, checkpoint and pipeline export, sample grids
+    # ---------------------------------------------------------------------------------------------------------
+    def _maintain(self, state: ckpt.RunState, loop: _Loop) -> None:
+        cfg, step, is_main = self.cfg, state.step, loop.info.is_main
+        save_now = step % cfg.checkpoint_every == 0 or step == cfg.max_steps
+        if step % cfg.log_every == 0 or save_now:
+            loop.last_metrics = self._flush_metrics(state, loop)
+        if save_now:
+            loop.last_checkpoint = self._save(state, loop.info)
+            if is_main:
+                loop.sampler.export(state.ema, self.out / "pipeline")
+                self._draw_loss_curve()
+        if is_main and cfg.sample_every and (step % cfg.sample_every == 0 or step == cfg.max_steps):
+            grid = loop.sampler.sample_grid(state.ema, self.out / "samples" / f"step-{step:09d}.png")
+            if loop.writer is not None:
+                loop.writer.add_image("samples", np.asarray(grid), step, dataformats="HWC")
+
+    def _flush_metrics(self, state: ckpt.RunState, loop: _Loop) -> dict[str, Any]:
+        step, info, metrics = state.step, loop.info, loop.metrics
+        n = len(metrics.losses)
+        step_losses, values = metrics.read(info, self.cfg.learned_variance, weighted=self.cfg.snr_gamma > 0)
+        metrics.reset()
+        for i, value in enumerate(step_losses):
+            if not math.isfinite(value):
+                bad = step - n + i + 1
+                saved = ckpt.list_checkpoints(self.ckpt_dir)
+                kept = f"the last good checkpoint is {saved[0][1]}" if saved else "no checkpoint was written yet"
+                raise NonFiniteLossError(
+                    f"the loss became {value} at step {bad}; stopping without saving ({kept}). Try a lower --lr, "
+                    "--grad-clip, or --precision fp32/bf16, and check the data.",
+                    bad,
+                )
+        record = {"step": step, "lr": state.optimizer.param_groups[0]["lr"], **values}
         if info.is_main:
-            logger.info("resumed from step %d", state["step"])
-        return int(state["step"])
+            with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+            if loop.bar is not None:
+                loop.bar.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{values['images_per_s']:.0f}", refresh=False)
+            if loop.writer is not None:
+                for key, value in record.items():
+                    if key != "step":
+                        loop.writer.add_scalar(f"train/{key}", value, step)
+        return record
+
+    def _save(self, state: ckpt.RunState, info: ddist.DistInfo) -> Path | None:
+        # Every rank's RNG states go into rank 0's file (each rank continues its own dropout stream on resume).
+        rng = ddist.all_gather_objects(ckpt.capture_rng_state(state.generators), info)
+        path = None
+        error = None
+        if info.is_main:
+            try:
+                path = ckpt.save_checkpoint(
+                    state.state_dict(self.cfg, rng), self.ckpt_dir, state.step, keep=self.cfg.keep_checkpoints
+                )
+            except ckpt.CheckpointError as err:
+                error = str(err)
+        error = ddist.broadcast_object(error, info)
+        if error:
+            raise TrainingError(error)
+        return path
 
     def _trim_metrics(self, step: int) -> None:
         """Drop metric lines logged after ``step`` by a run that died before its next checkpoint."""

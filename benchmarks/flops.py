@@ -1,4 +1,5 @@
-"""Floating-point operation count of one ``UNet2DModel`` forward, computed from the config (no forward is run).
+"""Floating-point operation count of one ``UNet2DModel`` forward, computed from the config (no forward is run); the
+benchmarks use it for achieved TFLOP/s.
 
 Convention (the one that gives the usual "11.8 GFLOP" for the CIFAR-10 DDPM model at 32x32):
 
@@ -36,7 +37,7 @@ def unet_forward_flops(
     config = getattr(model_or_config, "config", model_or_config)
     if not isinstance(config, Mapping):
         raise TypeError(f"expected a UNet2DModel or its config, got {type(model_or_config).__name__}")
-    from .unet import UNet2DModel
+    from ddpm.models.unet import UNet2DModel
 
     defaults = {k: p.default for k, p in UNet2DModel._init_parameters().items()}
     cfg = {**defaults, **{k: v for k, v in config.items() if not str(k).startswith("_")}}

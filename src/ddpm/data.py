@@ -1,4 +1,4 @@
-"""Image data sets for training and evaluation.
+"""Image data sets: a shared service of training and evaluation (neither owns it).
 
 Every source yields ``uint8`` tensors of shape ``[C, H, W]`` (C = 1 or 3). Scaling to [-1, 1] and random flips are
 done by the consumer on whole batches (on the device, from a seeded generator), so that the data order and the

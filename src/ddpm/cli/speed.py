@@ -3,12 +3,13 @@
 Each setting is a switch with three values: ``on``, ``off`` or ``auto``; ``auto`` turns it on only where it was
 measured to pay (``docs/benchmarks.md``, "Fast paths"):
 
-* ``--channels-last``: on CPU the pipeline runs the UNet's convolutions on channels-last weights and activations
-  (:attr:`ddpm.DDPMPipeline.cpu_channels_last`); ``auto`` = on for CPU, off for CUDA (not measured on a GPU yet).
+* ``--channels-last``: the ``channels_last`` switch of the pipeline's :class:`ddpm.models.FastPaths`
+  (:attr:`ddpm.DDPMPipeline.fast_paths`): on CPU the UNet's convolutions run on channels-last weights and
+  activations; ``off`` runs plain NCHW throughout; ``auto`` = on for CPU, off for CUDA (not measured on a GPU yet).
+  On CUDA, ``on`` stores the UNet's weights channels-last.
 * ``--compile``: ``torch.compile`` of the UNet (:meth:`ddpm.DDPMPipeline.compile`; on CPU with frozen weights).
-  ``auto`` never compiles: on the 2-core CPU the compiled UNet was measured 6-11% *slower* than our eager one
-  (bundled model at batch 16, small UNet at batch 1), and on a GPU it has not been measured yet. ``on`` compiles
-  (one compilation per batch shape).
+  ``auto`` never compiles: on CPU the compiled UNet was measured slower than our eager one, and on a GPU it has
+  not been measured yet (the numbers: ``docs/benchmarks.md``). ``on`` compiles (one compilation per batch shape).
 * ``--threads``: torch's intra-op threads (default: torch's choice, one per core).
 
 The fast paths give the reference images within 1e-4 on [0, 1] (``tests/test_pipeline_fast.py``).
@@ -18,8 +19,10 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 SWITCH = ("auto", "on", "off")
 
@@ -34,7 +37,8 @@ def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
         "--channels-last",
         default="auto",
         choices=SWITCH,
-        help="run the UNet on channels-last memory; auto: on for CPU (measured faster), off for CUDA",
+        help="run the UNet on channels-last memory (off: plain NCHW throughout); auto: on for CPU (measured "
+        "faster), off for CUDA",
     )
     parser.add_argument(
         "--compile",
@@ -54,6 +58,8 @@ def check_speed_arguments(args: argparse.Namespace) -> str | None:
 
 @dataclass(frozen=True)
 class SpeedPlan:
+    """A sampling run's resolved speed options: ``channels_last`` goes to the pipeline's ``FastPaths``."""
+
     channels_last: bool
     compile: bool
     threads: int
@@ -68,6 +74,8 @@ class SpeedPlan:
 
 def plan(device: torch.device, channels_last: str = "auto", compile: str = "auto") -> SpeedPlan:
     """Resolve ``auto`` for a sampling run on ``device``."""
+    import torch
+
     for name, value in (("channels_last", channels_last), ("compile", compile)):
         if value not in SWITCH:
             raise ValueError(f"{name} must be one of {SWITCH}, got {value!r}")
@@ -78,8 +86,10 @@ def plan(device: torch.device, channels_last: str = "auto", compile: str = "auto
 
 
 def apply(pipe, device: torch.device, speed: SpeedPlan) -> None:
-    """Set up ``pipe`` (already on ``device``) for ``speed``."""
-    pipe.cpu_channels_last = speed.channels_last
+    """Set up ``pipe`` (already on ``device``) for ``speed``: its fast-path setting and compilation."""
+    import torch
+
+    pipe.set_fast_paths(channels_last=speed.channels_last)
     if speed.channels_last and device.type != "cpu":
         pipe.to(memory_format=torch.channels_last)
     pipe.compile(speed.compile)
@@ -87,4 +97,6 @@ def apply(pipe, device: torch.device, speed: SpeedPlan) -> None:
 
 def set_threads(threads: int | None) -> None:
     if threads is not None:
+        import torch
+
         torch.set_num_threads(threads)

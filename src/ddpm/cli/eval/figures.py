@@ -1,0 +1,173 @@
+"""The paper's figures: ``ddpm eval progressive`` (Fig. 6), ``shared-latent`` (Fig. 7), ``interpolate`` (Fig. 8)
+and ``rate-distortion`` (Fig. 5). The figures themselves are :mod:`ddpm.evaluation.figures`."""
+
+from __future__ import annotations
+
+from .common import (
+    STEPS_FULL_CHAIN,
+    HelpFormatter,
+    UsageError,
+    add_model_options,
+    command,
+    float_list,
+    int_list,
+    load_model,
+    need,
+)
+from .nll import BOUND_BATCH, add_bound_options, bound_of_data, check_bound_options
+
+
+def _check_timesteps(option: str, timesteps, T: int) -> None:
+    bad = [t for t in timesteps if not 0 <= t < T]
+    need(not bad, option, ",".join(map(str, timesteps)), f"timesteps of this model, in [0, {T - 1}]")
+
+
+def add_progressive(sub, name: str) -> None:
+    p = sub.add_parser(
+        name,
+        formatter_class=HelpFormatter,
+        help="Fig. 6: predicted x_0 every k reverse steps",
+        description="Sample images and show the predicted x_0 (eq. 15) after every --every reverse steps; one "
+        "row per image, from the first step (left) to the final sample (right).",
+    )
+    add_model_options(p, steps_default=STEPS_FULL_CHAIN)
+    p.add_argument("--num-images", type=int, default=4, help="rows")
+    p.add_argument("--every", type=int, default=100, help="reverse steps between columns")
+    p.add_argument("--out", default="progressive.png", help="output PNG")
+    p.set_defaults(func=command(name, run_progressive))
+
+
+def run_progressive(args) -> int:
+    from ddpm.evaluation.figures import progressive_generation, save_rows
+
+    need(args.num_images >= 1, "--num-images", args.num_images, ">= 1")
+    need(args.every >= 1, "--every", args.every, ">= 1")
+    pipeline = load_model(args)
+    frames, timesteps = progressive_generation(
+        pipeline, args.num_images, every=args.every, seed=args.seed, num_inference_steps=args.num_inference_steps
+    )
+    save_rows(list(frames), args.out)
+    print(f"wrote {args.out}: {args.num_images} rows x {len(timesteps)} columns (timesteps {timesteps})")
+    return 0
+
+
+def add_shared_latent(sub, name: str) -> None:
+    p = sub.add_parser(
+        name,
+        formatter_class=HelpFormatter,
+        help="Fig. 7: samples from one shared x_t, for several t",
+        description="For each t, one x_t (first column) and samples of p(x_0 | x_t) from it. x_t comes from one "
+        "reverse-process run from noise, or from q(x_t | x_0) of a real image with --data. Timesteps are ours "
+        "(0..T-1): the paper's t = 1000, 750, 500, 250 are 999, 749, 499, 249 (the default, scaled to the model's T).",
+    )
+    add_model_options(p)
+    p.add_argument("--timesteps", type=int_list, default=None, help="comma-separated timesteps (ours, 0..T-1)")
+    p.add_argument("--num-samples", type=int, default=3, help="samples per row")
+    p.add_argument("--data", default=None, help="encode a real image instead (a data source; see --index)")
+    p.add_argument("--index", type=int, default=0, help="which image of --data")
+    p.add_argument("--out", default="shared_latent.png", help="output PNG")
+    p.set_defaults(func=command(name, run_shared_latent))
+
+
+def run_shared_latent(args) -> int:
+    from ddpm.evaluation.figure_rows import paper_timesteps, shared_latent_rows
+    from ddpm.evaluation.figures import save_rows, shared_latent_samples
+    from ddpm.evaluation.nll import to_model_space
+    from ddpm.evaluation.sources import model_images
+
+    need(args.num_samples >= 1, "--num-samples", args.num_samples, ">= 1")
+    need(args.index >= 0, "--index", args.index, ">= 0")
+    pipeline = load_model(args)
+    T = pipeline.scheduler.config.num_train_timesteps
+    timesteps = args.timesteps or paper_timesteps(T)
+    _check_timesteps("--timesteps", timesteps, T)
+    x0 = None
+    if args.data:
+        x0 = to_model_space(model_images(args.data, pipeline.unet, indices=[args.index]))
+    rows = shared_latent_samples(
+        pipeline.unet, pipeline.scheduler, timesteps, num_samples=args.num_samples, seed=args.seed, x0=x0
+    )
+    save_rows(shared_latent_rows(rows), args.out)
+    print(f"wrote {args.out}: rows for t = {[t for t, _, _ in rows]} (first column x_t)")
+    return 0
+
+
+def add_interpolate(sub, name: str) -> None:
+    p = sub.add_parser(
+        name,
+        formatter_class=HelpFormatter,
+        help="Fig. 8: interpolation of two real images through x_t",
+        description="Encode two images with q(x_t | x_0) using the same noise, mix (1 - λ) x_t + λ x'_t and run "
+        "the reverse process with the same reverse noise for every λ. Row: source A, λ = 0 ... 1, source B. "
+        "--t is ours (0..T-1); the default is the paper's t = 500 scaled to the model's T.",
+    )
+    add_model_options(p)
+    p.add_argument("--data", required=True, help="data source of the two images (e.g. cifar10@test)")
+    p.add_argument("--pairs", default="0,1", help="image indices, two per row: 0,1[,2,3 ...]")
+    p.add_argument("--t", type=int, default=None, help="timestep of the mix (ours)")
+    p.add_argument("--lambdas", type=float_list, default=None, help="comma-separated λ; default 0, 0.1, ..., 1")
+    p.add_argument("--out", default="interpolate.png", help="output PNG")
+    p.set_defaults(func=command(name, run_interpolate))
+
+
+def run_interpolate(args) -> int:
+    from ddpm.evaluation.figure_rows import PAPER_INTERPOLATION_T, interpolation_rows, paper_timesteps
+    from ddpm.evaluation.figures import PAPER_LAMBDAS, save_rows
+    from ddpm.evaluation.sources import model_images
+
+    try:
+        indices = int_list(args.pairs)
+    except ValueError:
+        raise UsageError(f"--pairs must be comma-separated image indices, got {args.pairs}") from None
+    need(len(indices) >= 2 and len(indices) % 2 == 0, "--pairs", args.pairs, "an even number of indices")
+    need(min(indices) >= 0, "--pairs", args.pairs, "indices >= 0")
+    pipeline = load_model(args)
+    T = pipeline.scheduler.config.num_train_timesteps
+    t = args.t if args.t is not None else paper_timesteps(T, (PAPER_INTERPOLATION_T,))[0]
+    _check_timesteps("--t", [t], T)
+    images = model_images(args.data, pipeline.unet, indices=indices)
+    rows = interpolation_rows(
+        pipeline.unet, pipeline.scheduler, images, t=t, lambdas=args.lambdas or PAPER_LAMBDAS, seed=args.seed
+    )
+    save_rows(rows, args.out)
+    print(f"wrote {args.out}: {len(rows)} row(s), t = {t}")
+    return 0
+
+
+def add_rate_distortion(sub, name: str) -> None:
+    p = sub.add_parser(
+        name,
+        formatter_class=HelpFormatter,
+        help="Fig. 5: rate and distortion against reverse steps",
+        description="Progressive lossy compression (section 4.3, Table 4) from the terms of the bound: rate "
+        "(bits/dim received) and distortion (RMSE on [0, 255]) after each number of reverse steps. Computes the "
+        "bound (as `ddpm eval nll`) or reads a saved one (--from). Writes OUT.png (PIL plot), OUT.csv and OUT.json.",
+    )
+    p.add_argument("--from", dest="from_npz", default=None, help="an .npz written by `ddpm eval nll --out`")
+    add_model_options(p, model="optional", when="when not --from", batch=BOUND_BATCH)
+    p.add_argument("--data", default=None, help="images to score (when not --from)")
+    add_bound_options(p)
+    p.add_argument("--out", default="rate_distortion", help="output prefix (.png/.csv/.json are added)")
+    p.set_defaults(func=command(name, run_rate_distortion), no_clip=False, decoder_cdf="exact")
+
+
+def run_rate_distortion(args) -> int:
+    from ddpm.evaluation.figures import rate_distortion, write_rate_distortion
+    from ddpm.evaluation.nll_runs import RATE_DISTORTION_KEYS, load_bound_terms
+
+    check_bound_options(args)
+    if args.from_npz:
+        terms, mse, prior = load_bound_terms(args.from_npz)
+    elif args.model and args.data:
+        results = bound_of_data(args)
+        terms, mse, prior = (results[k].numpy() for k in RATE_DISTORTION_KEYS)
+    else:
+        raise UsageError("give --from NPZ, or --model and --data")
+    rd = rate_distortion(terms, mse, prior)
+    paths = write_rate_distortion(rd, args.out)
+    T = len(rd["reverse_steps"])
+    print(
+        f"wrote {', '.join(str(p) for p in paths)}: after all {T} steps rate {rd['rate_bpd'][-1]:.4f} bits/dim, "
+        f"RMSE {rd['distortion_rmse'][-1]:.3f}"
+    )
+    return 0

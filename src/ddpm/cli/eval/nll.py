@@ -1,0 +1,86 @@
+"""``ddpm eval nll``: the variational bound in bits/dim over a data set (paper Table 1; docs/evaluation.md)."""
+
+from __future__ import annotations
+
+import time
+
+from .common import SOURCE_HELP, HelpFormatter, add_model_options, command, load_model, need, write_json
+
+#: The options of computing the bound over a data set (shared with ``rate-distortion``).
+BOUND_BATCH = ("--batch-size", 8, "images per model call")
+
+
+def add_bound_options(p) -> None:
+    """--num-images and --t-batch (the batch size comes with the model options, :data:`BOUND_BATCH`)."""
+    p.add_argument("--num-images", type=int, default=16, help="first N images of the set (0: all)")
+    p.add_argument("--t-batch", type=int, default=1, help="timesteps per model call")
+
+
+def check_bound_options(args) -> None:
+    need(args.num_images >= 0, "--num-images", args.num_images, ">= 0 (0: all)")
+    need(args.t_batch >= 1, "--t-batch", args.t_batch, ">= 1")
+
+
+def bound_of_data(args):
+    """The bound of the first --num-images images of --data under --model, with the command's settings."""
+    from ddpm.evaluation.nll_runs import bound_over_images
+    from ddpm.evaluation.sources import model_images
+
+    pipeline = load_model(args)
+    x = model_images(args.data, pipeline.unet, args.num_images or None)
+    return bound_over_images(
+        pipeline.unet,
+        pipeline.scheduler,
+        x,
+        seed=args.seed,
+        batch_size=args.model_batch_size,
+        t_batch=args.t_batch,
+        clip_denoised=not args.no_clip,
+        decoder_cdf=args.decoder_cdf,
+        progress=True,
+    )
+
+
+def add_nll(sub, name: str) -> None:
+    p = sub.add_parser(
+        name,
+        formatter_class=HelpFormatter,
+        help="the variational bound on the NLL in bits/dim (paper Table 1)",
+        description="Full-chain variational bound (L_T + sum L_t + L_0) of each image, in bits/dim, with one "
+        "x_t ~ q(x_t | x_0) per timestep drawn from a generator seeded from (seed, image index): T model "
+        "evaluations per image. Prints the mean; --out keeps every term (for the rate-distortion figure).",
+    )
+    add_model_options(p, batch=BOUND_BATCH)
+    p.add_argument("--data", required=True, help="images to score: " + SOURCE_HELP.split(", or a pipeline")[0])
+    add_bound_options(p)
+    p.add_argument("--no-clip", action="store_true", help="do not clip the predicted x_0 to [-1, 1]")
+    p.add_argument(
+        "--decoder-cdf",
+        choices=("exact", "tanh"),
+        default="exact",
+        help="decoder bins: exact Gaussian, or the paper code's tanh approximation",
+    )
+    p.add_argument("--out", default=None, help=".npz for the per-image terms (terms_bpd, mse, prior_bpd, ...)")
+    p.add_argument("--json", default=None, help="also write the summary as JSON to this file")
+    p.set_defaults(func=command(name, run_nll))
+
+
+def run_nll(args) -> int:
+    from ddpm.evaluation.nll import summarize
+    from ddpm.evaluation.nll_runs import save_bound
+
+    check_bound_options(args)
+    start = time.perf_counter()
+    results = bound_of_data(args)
+    summary = summarize(results)
+    summary.update(model=str(args.model), data=args.data, seed=args.seed, seconds=round(time.perf_counter() - start, 1))
+    print(
+        f"NLL bound {summary['total_bpd']:.4f} ± {summary['total_bpd_std_error']:.4f} bits/dim over "
+        f"{summary['num_images']} images (prior {summary['prior_bpd']:.2e}, decoder {summary['decoder_bpd']:.4f}, "
+        f"rate {summary['rate_bpd']:.4f}; {summary['seconds']} s)"
+    )
+    if args.out:
+        save_bound(args.out, results, summary)
+    if args.json:
+        write_json(args.json, summary)
+    return 0

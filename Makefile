@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: sample test lint bench clean-venv
+.PHONY: sample test lint bench clean-venv test-newest-diffusers
 
 $(VENV)/.base: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ BENCH_ARGS ?=
 
 bench: $(VENV)/.test
 	$(PY) -m benchmarks $(BENCH_ARGS)
+
+# The parity tests against the newest Diffusers on PyPI (a separate venv; needs PyPI; docs/differences.md).
+test-newest-diffusers: $(VENV)/.test
+	BASE_VENV=$(VENV) .ci/newest-diffusers.sh
 
 lint: $(VENV)/.test
 	$(VENV)/bin/ruff check src tests benchmarks

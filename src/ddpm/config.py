@@ -30,6 +30,28 @@ logger = logging.getLogger(__name__)
 #: information; we write the version whose file format we follow.
 DIFFUSERS_FORMAT_VERSION = "0.42.1"
 
+#: Keyword arguments of Diffusers' ``from_pretrained`` that concern weights (and so do nothing for a config-only
+#: object such as a scheduler; Diffusers accepts and ignores them there too).
+WEIGHT_LOADING_KWARGS = (
+    "dtype",
+    "torch_dtype",
+    "low_cpu_mem_usage",
+    "device_map",
+    "max_memory",
+    "offload_folder",
+    "offload_state_dict",
+    "variant",
+    "use_safetensors",
+    "output_loading_info",
+    "ignore_mismatched_sizes",
+    "disable_mmap",
+    "quantization_config",
+    "parallel_config",
+    "use_flashpack",
+    "flashpack_kwargs",
+    "user_agent",
+)
+
 
 class ReadOnlyDictMixin:
     """Refuses the dict methods that remove keys or change several at once (as Diffusers' ``FrozenDict`` and
@@ -308,9 +330,20 @@ class ConfigMixin:
         cache_dir: str | os.PathLike | None = None,
         local_files_only: bool | None = None,
         token: str | bool | None = None,
-        **overrides,
+        force_download: bool = False,
+        proxies: dict | None = None,
+        return_unused_kwargs: bool = False,
+        **kwargs,
     ):
-        """Load from a folder (or Hub id) holding ``<config_name>``; ``overrides`` replace config values."""
+        """Load from a folder (or Hub id) holding ``<config_name>``; keyword arguments naming constructor arguments
+        replace config values.
+
+        Diffusers' weight-loading options (``dtype``, ``torch_dtype``, ``low_cpu_mem_usage``, ``device_map``,
+        ``variant``, ``use_safetensors``, ``output_loading_info``, ...) are accepted and, as in Diffusers, have no
+        effect on an object that is only a config. ``return_unused_kwargs=True`` returns ``(object, unused)`` as
+        Diffusers does, ``unused`` holding those options, the other unknown keyword arguments and the file's keys the
+        constructor does not take; without it an unknown keyword argument raises ``TypeError``.
+        """
         config = cls.load_config(
             pretrained_model_name_or_path,
             subfolder=subfolder,
@@ -318,8 +351,17 @@ class ConfigMixin:
             cache_dir=cache_dir,
             local_files_only=local_files_only,
             token=token,
+            force_download=force_download,
+            proxies=proxies,
         )
-        return cls.from_config(config, **overrides)
+        params = cls._init_parameters()
+        loading = {k: kwargs.pop(k) for k in WEIGHT_LOADING_KWARGS if k in kwargs and k not in params}
+        if not return_unused_kwargs:
+            return cls.from_config(config, **kwargs)
+        unknown = {k: v for k, v in kwargs.items() if k not in params}
+        obj = cls.from_config(config, **{k: v for k, v in kwargs.items() if k in params})
+        leftover = {k: v for k, v in config.items() if k not in params and k != "_use_default_values"}
+        return obj, {**leftover, **unknown, **loading}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__} {self.to_json_string()}"

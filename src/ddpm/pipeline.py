@@ -589,17 +589,31 @@ class DDPMPipeline:
         return ImagePipelineOutput(images=images)
 
     # -- folders ------------------------------------------------------------------------------------------------
-    def save_pretrained(self, save_directory: str | os.PathLike, safe_serialization: bool = True, **kwargs) -> Path:
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        safe_serialization: bool = True,
+        variant: str | None = None,
+        max_shard_size: int | str | None = None,
+        push_to_hub: bool = False,
+        **kwargs,
+    ) -> Path:
         """Write a pipeline folder that Diffusers' ``DDPMPipeline.from_pretrained`` loads: ``model_index.json``,
-        ``unet/`` and ``scheduler/`` (plus ``ddpm.json`` when :attr:`recommended_num_inference_steps` is set)."""
+        ``unet/`` and ``scheduler/`` (plus ``ddpm.json`` when :attr:`recommended_num_inference_steps` is set).
+
+        ``safe_serialization``, ``variant`` and ``max_shard_size`` (None: the model's default, ``"10GB"``) are passed
+        to ``unet.save_pretrained``, as in Diffusers. ``push_to_hub=True`` raises ``NotImplementedError``.
+        """
+        if push_to_hub:
+            raise NotImplementedError("push_to_hub is not supported; upload the folder with huggingface_hub.")
         if kwargs:
             warnings.warn(f"save_pretrained: ignoring keyword arguments {sorted(kwargs)}", stacklevel=2)
         folder = ddpm_io.save_directory_path(save_directory)
         unet = _unwrap_compiled(self.unet)
-        if safe_serialization:
-            unet.save_pretrained(folder / "unet")
-        else:
-            unet.save_pretrained(folder / "unet", safe_serialization=False)
+        unet_kwargs: dict[str, Any] = {"safe_serialization": safe_serialization, "variant": variant}
+        if max_shard_size is not None:
+            unet_kwargs["max_shard_size"] = max_shard_size
+        unet.save_pretrained(folder / "unet", **unet_kwargs)
         save_scheduler = getattr(self.scheduler, "save_pretrained", None) or self.scheduler.save_config
         save_scheduler(folder / "scheduler")
         metadata = folder / METADATA_NAME
@@ -629,6 +643,19 @@ class DDPMPipeline:
         cache_dir: str | os.PathLike | None = None,
         local_files_only: bool | None = None,
         token: str | bool | None = None,
+        *,
+        force_download: bool = False,
+        proxies: dict | None = None,
+        variant: str | None = None,
+        use_safetensors: bool | None = None,
+        low_cpu_mem_usage: bool | None = None,
+        device_map: str | None = None,
+        max_memory: dict | None = None,
+        offload_folder: str | os.PathLike | None = None,
+        offload_state_dict: bool | None = None,
+        disable_mmap: bool = False,
+        quantization_config: Any = None,
+        use_flashpack: bool = False,
         **kwargs,
     ) -> DDPMPipeline:
         """Load a pipeline folder in Diffusers' layout (``model_index.json``, ``unet/``, ``scheduler/``).
@@ -637,19 +664,38 @@ class DDPMPipeline:
         :class:`ddpm.io.OfflineError` when offline and not cached), or ``"ddpm/default"`` / nothing for the model
         bundled with the package. ``dtype`` (or its older name ``torch_dtype``) casts the UNet; ``unet=`` or
         ``scheduler=`` replace a component instead of loading it.
+
+        Diffusers' loading options have its effect: ``variant`` loads the UNet's variant files (``ValueError`` when
+        the folder has none), ``use_safetensors``, ``disable_mmap``, ``low_cpu_mem_usage`` and the Hub options go to
+        ``UNet2DModel.from_pretrained``; ``device_map`` takes Diffusers' pipeline values, ``"cpu"``, the accelerator's
+        name (e.g. ``"cuda"``) or ``"balanced"`` (the accelerator when there is one; ddpm places the pipeline on one
+        device). Unknown keyword arguments are ignored with a warning, as in Diffusers.
         """
+        if quantization_config is not None or use_flashpack:
+            raise NotImplementedError("quantization_config and use_flashpack are not supported by ddpm.")
+        if "dduf_file" in kwargs:
+            raise ValueError("dduf_file: DDUF files are not supported; load the pipeline folder instead.")
         if kwargs:
             warnings.warn(
                 f"Keyword arguments {kwargs} are not expected by {cls.__name__} and will be ignored.", stacklevel=2
             )
+        del max_memory, offload_folder, offload_state_dict  # no effect: the pipeline is on one device
         if dtype is not None and torch_dtype is not None and _parse_dtype(dtype) != _parse_dtype(torch_dtype):
             raise ValueError(f"dtype={dtype} and torch_dtype={torch_dtype} disagree; pass only `dtype`")
         dtype = _parse_dtype(dtype if dtype is not None else torch_dtype)
+        device = _pipeline_device(device_map, low_cpu_mem_usage)
         name = pretrained_model_name_or_path
         if name is None or str(name) == BUNDLED_MODEL_NAME:
             name = bundled_model_path()
-        hub = {"revision": revision, "cache_dir": cache_dir, "local_files_only": local_files_only, "token": token}
-        hub = {k: v for k, v in hub.items() if v is not None}
+        hub = {
+            "revision": revision,
+            "cache_dir": cache_dir,
+            "local_files_only": local_files_only,
+            "token": token,
+            "force_download": force_download,
+            "proxies": proxies,
+        }
+        hub = {k: v for k, v in hub.items() if v is not None and v is not False}
         index_file = ddpm_io.resolve_file(name, MODEL_INDEX_NAME, **hub)
         try:
             index = json.loads(Path(index_file).read_text(encoding="utf-8"))
@@ -665,12 +711,23 @@ class DDPMPipeline:
             _check_component(index, "unet", ("UNet2DModel",), index_file)
             from .models import UNet2DModel
 
+            if variant is not None and not _has_variant_files(name, "unet", variant):
+                raise ValueError(
+                    f"You are trying to load the model files of the `variant={variant}`, but no such modeling files "
+                    f"are available (no unet/*.{variant}.* file in {name})."
+                )
             unet_kwargs = dict(hub)
+            unet_kwargs.update(variant=variant, use_safetensors=use_safetensors, disable_mmap=disable_mmap)
+            if low_cpu_mem_usage is not None:
+                unet_kwargs["low_cpu_mem_usage"] = low_cpu_mem_usage
             if dtype is not None:
                 unet_kwargs["torch_dtype"] = dtype
-            unet = UNet2DModel.from_pretrained(name, subfolder="unet", **unet_kwargs)
-        elif dtype is not None:
-            unet = unet.to(dtype=dtype)
+            unet = UNet2DModel.from_pretrained(name, subfolder="unet", device=device, **unet_kwargs)
+        else:
+            if dtype is not None:
+                unet = unet.to(dtype=dtype)
+            if device is not None:
+                unet = unet.to(device)
         if scheduler is None:
             _check_component(index, "scheduler", None, index_file)
             from .scheduler import DDPMScheduler
@@ -840,3 +897,34 @@ def _read_recommendation(name, hub: dict) -> dict[str, Any]:
             k: v for k, v in by_sampler.items() if k in SAMPLERS and steps_ok(v, f"num_inference_steps_by_sampler.{k}")
         }
     return out
+
+
+def _pipeline_device(device_map, low_cpu_mem_usage) -> torch.device | None:
+    """The device of Diffusers' pipeline ``device_map`` values: "cpu", the accelerator's name or "balanced"."""
+    if device_map is None:
+        return None
+    if not isinstance(device_map, str):
+        raise ValueError(f"`device_map` must be a string, got {device_map!r}.")
+    from .models.modeling import accelerator_device
+
+    accel = accelerator_device()
+    supported = ["balanced", accel.type] + (["cpu"] if accel.type != "cpu" else [])
+    if device_map not in supported:
+        raise NotImplementedError(f"{device_map} not supported. Supported strategies are: {', '.join(supported)}")
+    if low_cpu_mem_usage is False:
+        raise ValueError(
+            f"You cannot set `low_cpu_mem_usage` to False while using device_map={device_map} for loading and "
+            "dispatching. Please make sure to set `low_cpu_mem_usage=True`."
+        )
+    return torch.device("cpu") if device_map == "cpu" else accel
+
+
+def _has_variant_files(name, component: str, variant: str) -> bool:
+    """Whether the component's folder holds files of ``variant`` (``*.fp16.safetensors``, index or shards; Diffusers'
+    test: the second dot-separated part of a file name starts with the variant). A Hub id is not listed: True."""
+    folder = Path(name) / component
+    if not Path(name).is_dir():
+        return True
+    if not folder.is_dir():
+        return False
+    return any(len(p.name.split(".")) > 1 and p.name.split(".")[1].startswith(variant) for p in folder.iterdir())

@@ -235,13 +235,15 @@ def _attention_layers(
 
 
 class _Block(nn.Module):
-    """Shared gradient-checkpointing switch of the down, mid and up blocks."""
+    """Shared gradient-checkpointing switch and layer loop of the down, mid and up blocks."""
 
     gradient_checkpointing = False
+    #: Whether each residual block is followed by an attention layer (``attentions[i]``).
+    _with_attention = False
 
     def _layer(self, i: int, h: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
         h = self.resnets[i](h, temb)
-        if self.attentions is not None:
+        if self._with_attention:
             h = self.attentions[i](h)
         return h
 
@@ -251,12 +253,10 @@ class _Block(nn.Module):
         return self._layer(i, h, temb)
 
 
-class DownBlock2D(_Block):
-    """``num_layers`` residual blocks (each followed by attention when ``with_attention``) then a downsampler.
+class _DownBlock(_Block):
+    """``num_layers`` residual blocks (each followed by attention in :class:`AttnDownBlock2D`) then a downsampler.
 
     Returns the block output and every intermediate output (the skip connections of the up path).
-    ``AttnDownBlock2D`` is this block with attention; as in Diffusers, its residual blocks get no dropout (Diffusers'
-    ``get_down_block`` does not pass ``dropout`` to ``AttnDownBlock2D``).
     """
 
     def __init__(
@@ -271,11 +271,11 @@ class DownBlock2D(_Block):
         dropout: float,
         time_embedding_norm: str,
         downsample_padding: int,
-        with_attention: bool = False,
         attention_head_dim: int | None = None,
     ):
         super().__init__()
-        self.attentions = _attention_layers(with_attention, num_layers, out_channels, attention_head_dim, groups, eps)
+        if self._with_attention:
+            self.attentions = _attention_layers(True, num_layers, out_channels, attention_head_dim, groups, eps)
         self.resnets = _resnet_layers(
             [in_channels] + [out_channels] * (num_layers - 1),
             out_channels,
@@ -298,8 +298,20 @@ class DownBlock2D(_Block):
         return h, outputs
 
 
-class UpBlock2D(_Block):
-    """``num_layers`` residual blocks on ``cat([h, skip])`` (each followed by attention when ``with_attention``),
+class DownBlock2D(_DownBlock):
+    """Diffusers' ``DownBlock2D``: residual blocks then a downsampler (children ``resnets``, ``downsamplers``)."""
+
+
+class AttnDownBlock2D(_DownBlock):
+    """Diffusers' ``AttnDownBlock2D``: each residual block followed by self-attention, then a downsampler (children
+    ``attentions``, ``resnets``, ``downsamplers``). As in Diffusers, the UNet gives its residual blocks no dropout
+    (Diffusers' ``get_down_block`` does not pass ``dropout`` to ``AttnDownBlock2D``)."""
+
+    _with_attention = True
+
+
+class _UpBlock(_Block):
+    """``num_layers`` residual blocks on ``cat([h, skip])`` (each followed by attention in :class:`AttnUpBlock2D`),
     then an upsampler. Skips are consumed from the end of ``skips``."""
 
     def __init__(
@@ -314,11 +326,11 @@ class UpBlock2D(_Block):
         eps: float,
         dropout: float,
         time_embedding_norm: str,
-        with_attention: bool = False,
         attention_head_dim: int | None = None,
     ):
         super().__init__()
-        self.attentions = _attention_layers(with_attention, num_layers, out_channels, attention_head_dim, groups, eps)
+        if self._with_attention:
+            self.attentions = _attention_layers(True, num_layers, out_channels, attention_head_dim, groups, eps)
         # Layer i sees the previous output (the block below's for i = 0) concatenated with one skip connection.
         previous = [prev_output_channels] + [out_channels] * (num_layers - 1)
         skips = [out_channels] * (num_layers - 1) + [in_channels]
@@ -339,6 +351,23 @@ class UpBlock2D(_Block):
         if self.upsamplers is not None:
             h = self.upsamplers[0](h)
         return h
+
+
+class UpBlock2D(_UpBlock):
+    """Diffusers' ``UpBlock2D``: residual blocks on the skip connections, then an upsampler (children ``resnets``,
+    ``upsamplers``)."""
+
+
+class AttnUpBlock2D(_UpBlock):
+    """Diffusers' ``AttnUpBlock2D``: each residual block followed by self-attention, then an upsampler (children
+    ``attentions``, ``resnets``, ``upsamplers``)."""
+
+    _with_attention = True
+
+
+#: Block classes by the names used in ``down_block_types`` / ``up_block_types``.
+DOWN_BLOCKS = {"DownBlock2D": DownBlock2D, "AttnDownBlock2D": AttnDownBlock2D}
+UP_BLOCKS = {"UpBlock2D": UpBlock2D, "AttnUpBlock2D": AttnUpBlock2D}
 
 
 class UNetMidBlock2D(_Block):

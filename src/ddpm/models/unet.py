@@ -25,13 +25,13 @@ from torch.nn import functional as F
 
 from ..config import register_to_config
 from ..outputs import BaseOutput
-from .blocks import Conv2d, DownBlock2D, UNetMidBlock2D, UpBlock2D
+from .blocks import DOWN_BLOCKS, UP_BLOCKS, Conv2d, UNetMidBlock2D
 from .embeddings import TimestepEmbedding, Timesteps
 from .fast_paths import FastPaths, resolve_fast_paths
 from .modeling import ModelMixin
 
-DOWN_BLOCK_TYPES = ("DownBlock2D", "AttnDownBlock2D")
-UP_BLOCK_TYPES = ("UpBlock2D", "AttnUpBlock2D")
+DOWN_BLOCK_TYPES = tuple(DOWN_BLOCKS)
+UP_BLOCK_TYPES = tuple(UP_BLOCKS)
 MID_BLOCK_TYPES = ("UNetMidBlock2D", None)
 
 
@@ -145,16 +145,14 @@ class UNet2DModel(ModelMixin):
         out_ch = channels[0]
         for i, block_type in enumerate(down_block_types):
             in_ch, out_ch = out_ch, channels[i]
-            with_attention = block_type == "AttnDownBlock2D"
             self.down_blocks.append(
-                DownBlock2D(
+                DOWN_BLOCKS[block_type](
                     in_ch,
                     out_ch,
                     num_layers=layers_per_block,
                     add_downsample=i < len(channels) - 1,
-                    dropout=0.0 if with_attention else dropout,
+                    dropout=0.0 if block_type == "AttnDownBlock2D" else dropout,
                     downsample_padding=downsample_padding,
-                    with_attention=with_attention,
                     **common,
                 )
             )
@@ -176,14 +174,13 @@ class UNet2DModel(ModelMixin):
             prev_ch, out_ch = out_ch, reversed_channels[i]
             in_ch = reversed_channels[min(i + 1, len(channels) - 1)]
             self.up_blocks.append(
-                UpBlock2D(
+                UP_BLOCKS[block_type](
                     in_ch,
                     prev_ch,
                     out_ch,
                     num_layers=layers_per_block + 1,
                     add_upsample=i < len(channels) - 1,
                     dropout=dropout,
-                    with_attention=block_type == "AttnUpBlock2D",
                     **common,
                 )
             )

@@ -102,6 +102,16 @@ def test_ddim_pipeline_folder_round_trip(tmp_path):
     assert type(theirs.scheduler).__name__ == "DDIMScheduler"
 
 
+def test_a_folder_loads_the_scheduler_class_its_index_names(tmp_path):
+    ours_unet, _ = unets()
+    for cls in (ddpm.DDIMScheduler, ddpm.DPMSolverMultistepScheduler):
+        DDPMPipeline(ours_unet, cls()).save_pretrained(tmp_path / cls.__name__)
+        loaded = DDPMPipeline.from_pretrained(tmp_path / cls.__name__)
+        assert type(loaded.scheduler) is cls
+        theirs = diffusers.DDPMPipeline.from_pretrained(tmp_path / cls.__name__)
+        assert type(theirs.scheduler).__name__ == cls.__name__
+
+
 def test_eta_on_ddpm_pipeline_only_for_ddim_family():
     ours_unet, _ = unets()
     pipe = DDPMPipeline(ours_unet, ddpm.DDPMScheduler())

@@ -547,7 +547,8 @@ def test_bad_calls():
 def test_config_keys_and_defaults_match_diffusers():
     ours, ref = pair()
     ref_config = {k: v for k, v in ref.config.items() if not k.startswith("_")}
-    assert dict(ours.config) == ref_config
+    assert {k: v for k, v in ours.config.items() if not k.startswith("_")} == ref_config
+    assert ours.config["_use_default_values"] == sorted(ref.config["_use_default_values"], key=list(ref_config).index)
 
 
 def test_files_round_trip_both_ways(tmp_path):
@@ -566,7 +567,10 @@ def test_swap_from_ddpm_config():
     ddpm = DDPMScheduler(timestep_spacing="leading", steps_offset=1)
     ours = DPMSolverMultistepScheduler.from_config(ddpm.config)
     ref = Ref.from_config(RefDDPM(timestep_spacing="leading", steps_offset=1).config)
-    assert ours.config.variance_type == "fixed_small" and ours.config.timestep_spacing == "leading"
+    # variance_type was left at DDPM's default, so the swap takes DPM-Solver's own (None), as Diffusers does
+    assert ours.config.variance_type is None is ref.config.variance_type and ours.config.timestep_spacing == "leading"
+    explicit = DPMSolverMultistepScheduler.from_config(DDPMScheduler(variance_type="fixed_small").config)
+    assert explicit.config.variance_type == "fixed_small"
     assert_loops_match(ours, ref, 10, exact=True)
 
 

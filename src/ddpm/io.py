@@ -384,3 +384,25 @@ def read_shard_index(index_file: str | os.PathLike) -> dict[str, str]:
                 "index's folder."
             )
     return weight_map
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The model bundled with the package
+# ---------------------------------------------------------------------------------------------------------------
+#: The name that loads the model bundled with the package (``DDPMPipeline.from_pretrained("ddpm/default")``).
+BUNDLED_MODEL_NAME = "ddpm/default"
+
+
+class NoBundledModelError(FileNotFoundError):
+    """The package carries no bundled default model."""
+
+
+def bundled_model_path() -> Path:
+    """The folder of the model bundled with the package (a pipeline folder), or :class:`NoBundledModelError`."""
+    path = Path(__file__).resolve().parent / "assets" / "default"
+    if not (path / "model_index.json").is_file():
+        raise NoBundledModelError(
+            "no model is bundled with this version of ddpm yet (expected a pipeline folder with model_index.json "
+            f"at {path}); pass a pipeline folder or a Hugging Face Hub id instead"
+        )
+    return path

@@ -31,6 +31,7 @@ import torch
 from . import images as ddpm_images
 from . import io as ddpm_io
 from .config import DIFFUSERS_FORMAT_VERSION, FrozenDict
+from .io import BUNDLED_MODEL_NAME, NoBundledModelError, bundled_model_path  # noqa: F401 (re-exported)
 from .noise import GeneratorArg, generator_device_type, randn_tensor
 from .outputs import BaseOutput
 from .schedulers.vocabulary import LEARNED_VARIANCE_TYPES
@@ -43,24 +44,7 @@ logger = logging.getLogger(__name__)
 MODEL_INDEX_NAME = "model_index.json"
 #: Optional file beside ``model_index.json`` with facts Diffusers has no key for (ignored by Diffusers).
 METADATA_NAME = "ddpm.json"
-#: The name that loads the model bundled with the package (``DDPMPipeline.from_pretrained("ddpm/default")``).
-BUNDLED_MODEL_NAME = "ddpm/default"
 OUTPUT_TYPES = ("pil", "np", "pt")
-
-
-class NoBundledModelError(FileNotFoundError):
-    """The package carries no bundled default model."""
-
-
-def bundled_model_path() -> Path:
-    """The folder of the model bundled with the package (a pipeline folder), or :class:`NoBundledModelError`."""
-    path = Path(__file__).resolve().parent / "assets" / "default"
-    if not (path / MODEL_INDEX_NAME).is_file():
-        raise NoBundledModelError(
-            f"no model is bundled with this version of ddpm yet (expected a pipeline folder with {MODEL_INDEX_NAME} "
-            f"at {path}); pass a pipeline folder or a Hugging Face Hub id instead"
-        )
-    return path
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -730,16 +714,18 @@ class DDPMPipeline:
                 unet = unet.to(device)
         if scheduler is None:
             _check_component(index, "scheduler", None, index_file)
-            from .scheduler import DDPMScheduler
+            from .schedulers import scheduler_class
 
-            scheduler_class = index["scheduler"][1] if isinstance(index.get("scheduler"), list) else None
-            if scheduler_class not in (None, "DDPMScheduler"):
+            class_name = index["scheduler"][1] if isinstance(index.get("scheduler"), list) else None
+            loadable = ("DDPMScheduler", "DDIMScheduler", "DPMSolverMultistepScheduler")
+            if class_name not in (None, *loadable):
                 logger.warning(
                     "%s names the scheduler %s; loading its config into a DDPMScheduler (pass scheduler= to choose).",
                     index_file,
-                    scheduler_class,
+                    class_name,
                 )
-            scheduler = DDPMScheduler.from_pretrained(name, subfolder="scheduler", **hub)
+            chosen = scheduler_class(class_name if class_name in loadable else "DDPMScheduler")
+            scheduler = chosen.from_pretrained(name, subfolder="scheduler", **hub)
 
         pipe = cls(unet=unet, scheduler=scheduler)
         pipe.name_or_path = str(name)

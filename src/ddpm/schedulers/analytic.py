@@ -334,10 +334,8 @@ class AnalyticMoments:
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, **hub_kwargs) -> AnalyticMoments:
         """The table of a pipeline folder or Hugging Face Hub id (``"ddpm/default"``: the bundled model)."""
-        if str(name_or_path) == "ddpm/default":
-            from ..pipeline import bundled_model_path
-
-            name_or_path = bundled_model_path()
+        if str(name_or_path) == ddpm_io.BUNDLED_MODEL_NAME:
+            name_or_path = ddpm_io.bundled_model_path()
         if Path(name_or_path).is_dir():
             return cls.load(name_or_path)
         try:

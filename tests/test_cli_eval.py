@@ -68,6 +68,10 @@ def test_model_options_come_from_one_helper():
         (["interpolate", "--model", "m", "--data", "d", "--pairs", "0,1,2"], "--pairs must be an even number"),
         (["interpolate", "--model", "m", "--data", "d", "--pairs", "0,x"], "--pairs must be comma-separated"),
         (["rate-distortion"], "--from NPZ, or --model and --data"),
+        (["generate", "--model", "m", "--out", "s.npz", "--eta", "-1"], "--eta must be a finite number >= 0"),
+        (["generate", "--model", "m", "--out", "s.npz", "--sampler", "ddpm", "--eta", "1"], "--eta applies to"),
+        (["fid", "m", "r", "--num-samples", "2", "--eta", "inf"], "--eta must be a finite number >= 0"),
+        (["progressive", "--model", "m", "--sampler", "dpm-solver++", "--eta", "0.5"], "--eta applies to"),
     ],
 )
 def test_bad_values_are_one_line_naming_the_option_exit_2(capsys, argv, option):

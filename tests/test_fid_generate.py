@@ -104,3 +104,23 @@ def test_fid_statistics_of_a_pipeline_source(folder, pipe):
     assert stats.n == 4
     with pytest.raises(ValueError, match="--num-samples"):
         source_statistics(folder, _FakeExtractor())
+
+
+@pytest.mark.parametrize(("sampler", "eta"), [("ddim", None), ("ddim", 1.0), ("dpm-solver++", None)])
+def test_eval_generate_with_a_sampler_equals_the_pipeline(folder, tmp_path, sampler, eta):
+    from ddpm.cli import main
+    from ddpm.pipeline import DDPMPipeline
+
+    argv = ["eval", "generate", "--model", str(folder), "--num-samples", "3", "--batch-size", "2"]
+    argv += ["--sampler", sampler, "--num-inference-steps", "4", "--out", str(tmp_path / "s.npz")]
+    argv += [] if eta is None else ["--eta", str(eta)]
+    assert main(argv) == 0
+    expected = DDPMPipeline.from_pretrained(folder).set_sampler(sampler, eta=eta)
+    expected.set_progress_bar_config(disable=True)
+    with np.load(tmp_path / "s.npz") as data:
+        images = data["images"]
+    np.testing.assert_array_equal(images, generate_images(expected, 3, num_inference_steps=4))
+    if eta:  # eta reaches the step: other images than eta 0
+        plain = DDPMPipeline.from_pretrained(folder).set_sampler(sampler)
+        plain.set_progress_bar_config(disable=True)
+        assert not np.array_equal(generate_images(plain, 3, num_inference_steps=4), images)

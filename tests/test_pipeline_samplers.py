@@ -115,7 +115,7 @@ def test_a_folder_loads_the_scheduler_class_its_index_names(tmp_path):
 def test_eta_on_ddpm_pipeline_only_for_ddim_family():
     ours_unet, _ = unets()
     pipe = DDPMPipeline(ours_unet, ddpm.DDPMScheduler())
-    with pytest.raises(ValueError, match="eta=0.5 applies to DDIM-family schedulers"):
+    with pytest.raises(ValueError, match="eta=0.5 applies to a DDIM scheduler"):
         pipe(batch_size=1, num_inference_steps=2, eta=0.5, progress=False)
     pipe.set_sampler("ddim")
     g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
@@ -126,6 +126,16 @@ def test_eta_on_ddpm_pipeline_only_for_ddim_family():
     np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="eta"):
         pipe(batch_size=1, num_inference_steps=2, eta=-0.1, progress=False)
+    # set_sampler's eta is used by later calls, until the scheduler changes
+    c = pipe.set_sampler("ddim", eta=1.0)(
+        batch_size=1, generator=g(), num_inference_steps=4, output_type="np", progress=False
+    ).images
+    np.testing.assert_array_equal(a, c)
+    pipe.scheduler = ddpm.DDIMScheduler.from_config(pipe.scheduler.config)
+    d = pipe(batch_size=1, generator=g(), num_inference_steps=4, output_type="np", progress=False).images
+    assert not np.array_equal(a, d)  # eta 0 again
+    with pytest.raises(ValueError, match="eta applies to the samplers ddim, analytic-ddim only"):
+        pipe.set_sampler("dpm-solver++", eta=0.5)
 
 
 def test_set_sampler_builds_from_the_base_config():

@@ -182,20 +182,26 @@ class DDPMPipeline:
         self._base_scheduler_config = dict(getattr(scheduler, "config", {}) or {})
 
     # -- samplers -----------------------------------------------------------------------------------------------
-    def set_sampler(self, sampler: str, moments=None, **scheduler_overrides) -> DDPMPipeline:
+    def set_sampler(self, sampler: str, moments=None, eta: float | None = None, **scheduler_overrides) -> DDPMPipeline:
         """Swap in the scheduler of ``sampler`` (``ddpm``, ``ddim``, ``dpm-solver++``, ``analytic-ddpm``,
         ``analytic-ddim``; :mod:`ddpm.schedulers.samplers`), built from the scheduler config the pipeline was made
         with: ``pipe.set_sampler("ddim")`` is ``pipe.scheduler = DDIMScheduler.from_config(base_config)``.
 
-        The Analytic-DPM samplers read the moment table ``analytic_dpm.json`` of the pipeline's folder (or take
-        ``moments=``) and check that it was computed for these weights and this schedule. Returns ``self``.
+        ``eta`` (DDIM-family samplers only): the step noise scale every later call uses unless it passes its own
+        (for ``analytic-ddim`` it is part of the scheduler's config). The Analytic-DPM samplers read the moment table
+        ``analytic_dpm.json`` of the pipeline's folder (or take ``moments=``) and check that it was computed for these
+        weights and this schedule. Returns ``self``.
         """
-        from .schedulers.samplers import ANALYTIC_SAMPLERS, check_sampler, make_scheduler
+        from .schedulers.samplers import ANALYTIC_SAMPLERS, check_eta, check_sampler, make_scheduler
 
         check_sampler(sampler)
+        eta = check_eta(sampler, eta)
+        if sampler == "analytic-ddim" and eta is not None:
+            scheduler_overrides["eta"] = eta
         if sampler in ANALYTIC_SAMPLERS and moments is None:
             moments = self.analytic_moments()
         self.scheduler = make_scheduler(sampler, self._base_scheduler_config, moments=moments, **scheduler_overrides)
+        self._sampler_eta = (self.scheduler, eta) if sampler == "ddim" and eta is not None else None
         return self
 
     def analytic_moments(self):
@@ -502,15 +508,25 @@ class DDPMPipeline:
         )
 
     def _eta_kwargs(self, eta) -> dict[str, Any]:
+        """``{"eta": eta}`` for a DDIM scheduler's step; without a call's eta, the one :meth:`set_sampler` chose for
+        the scheduler the pipeline still has."""
         if eta is None:
+            chosen = getattr(self, "_sampler_eta", None)
+            if chosen is not None and chosen[0] is self.scheduler:
+                return {"eta": chosen[1]}
             return {}
-        from .schedulers.samplers import ETA_SAMPLERS, check_eta, sampler_name
+        from .schedulers.samplers import check_eta, sampler_name
 
         name = sampler_name(self.scheduler)
-        if name not in ETA_SAMPLERS:
+        if name != "ddim":
+            where = (
+                "; for analytic-ddim it is part of the scheduler: pipe.set_sampler('analytic-ddim', eta=...)"
+                if name == "analytic-ddim"
+                else ""
+            )
             raise ValueError(
-                f"eta={eta!r} applies to DDIM-family schedulers only ({', '.join(ETA_SAMPLERS)}); this pipeline's "
-                f"scheduler is a {type(self.scheduler).__name__}"
+                f"eta={eta!r} applies to a DDIM scheduler's step only; this pipeline's scheduler is a "
+                f"{type(self.scheduler).__name__}{where}"
             )
         return {"eta": check_eta(name, eta)}
 

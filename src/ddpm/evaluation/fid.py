@@ -297,7 +297,12 @@ def source_statistics(
 
         generation = dict(generation or {})
         extra["generation"] = {k: v for k, v in generation.items() if k != "device"}
-        pipeline = load_pipeline(source.path_or_name, device=generation.pop("device", "cpu"))
+        pipeline = load_pipeline(
+            source.path_or_name,
+            device=generation.pop("device", "cpu"),
+            sampler=generation.pop("sampler", None),
+            eta=generation.pop("eta", None),
+        )
         images = generate_images(pipeline, num_samples, progress=progress, **generation)
         chunks = (torch.from_numpy(images[i : i + 500]) for i in range(0, len(images), 500))
     else:

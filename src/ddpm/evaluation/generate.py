@@ -22,12 +22,21 @@ import numpy as np
 import torch
 
 
-def load_pipeline(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: str | None = None):
-    """A :class:`~ddpm.DDPMPipeline` from a folder (or Hub id), on ``device``, in eval mode, progress bar off."""
+def load_pipeline(
+    path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    dtype: str | None = None,
+    sampler: str | None = None,
+    eta: float | None = None,
+):
+    """A :class:`~ddpm.DDPMPipeline` from a folder (or Hub id), on ``device``, in eval mode, progress bar off,
+    sampling with ``sampler`` (and its ``eta``; :meth:`ddpm.DDPMPipeline.set_sampler`) when one is named."""
     from ddpm.pipeline import DDPMPipeline
 
     pipeline = DDPMPipeline.from_pretrained(path, dtype=dtype)
     pipeline = pipeline.to(device)
+    if sampler is not None or eta is not None:
+        pipeline.set_sampler(sampler or pipeline.default_sampler(), eta=eta)
     pipeline.unet.eval()
     pipeline.set_progress_bar_config(disable=True)
     return pipeline

@@ -46,11 +46,13 @@ def add_model_options(
     seed_help: str = "random seed (>= 0)",
     steps_default: str | None = None,
     batch: tuple[str, int, str] | None = None,
+    sampler: bool = False,
 ) -> None:
     """The options that name and drive a model: ``--model`` (``model``: "required", "optional" — needed ``when`` —,
     or "source" when a positional source may name a pipeline instead), ``--device``, ``--seed``, and where the
     sub-command samples or batches model calls, ``--num-inference-steps`` (``steps_default`` says what its default
-    means) and the batch size ``batch = (flag, default, help)``. Checked by :func:`command`."""
+    means), the batch size ``batch = (flag, default, help)``, and with ``sampler`` the sampling options
+    (``--sampler``, ``--eta``: :mod:`ddpm.cli.sampler_options`). Checked by :func:`command`."""
     if model not in ("required", "optional", "source"):
         raise ValueError(f"model={model!r}: expected 'required', 'optional' or 'source'")
     if model != "source":
@@ -64,6 +66,10 @@ def add_model_options(
     p.add_argument("--seed", type=int, default=0, help=seed_help)
     if steps_default is not None:
         p.add_argument("--num-inference-steps", type=int, default=None, help=f"reverse steps; default: {steps_default}")
+    if sampler:
+        from ddpm.cli.sampler_options import add_sampler_arguments
+
+        add_sampler_arguments(p, steps=False)
     if batch is not None:
         flag, default, text = batch
         metavar = flag.lstrip("-").upper().replace("-", "_")
@@ -84,6 +90,11 @@ def _check_model_options(args: argparse.Namespace) -> None:
     need(steps is None or steps >= 1, "--num-inference-steps", steps, ">= 1")
     batch = getattr(args, "model_batch_size", None)
     need(batch is None or batch >= 1, getattr(args, "model_batch_flag", "--batch-size"), batch, ">= 1")
+    if hasattr(args, "sampler"):
+        from ddpm.cli.sampler_options import check_sampler_arguments
+
+        if (message := check_sampler_arguments(args)) is not None:
+            raise UsageError(message)
 
 
 def command(name: str, run: Callable[[argparse.Namespace], int | None]) -> Callable[[argparse.Namespace], int]:
@@ -101,10 +112,16 @@ def command(name: str, run: Callable[[argparse.Namespace], int | None]) -> Calla
 
 
 def load_model(args: argparse.Namespace):
-    """The pipeline of ``--model`` on ``--device`` (eval mode, progress bar off)."""
+    """The pipeline of ``--model`` on ``--device`` (eval mode, progress bar off), with the ``--sampler`` and
+    ``--eta`` of a sub-command that has them."""
     from ddpm.evaluation.generate import load_pipeline
 
-    return load_pipeline(args.model, device=args.device)
+    pipeline = load_pipeline(args.model, device=args.device)
+    if hasattr(args, "sampler"):
+        from ddpm.cli.sampler_options import setup_sampler
+
+        setup_sampler(pipeline, args)
+    return pipeline
 
 
 def write_json(path: str, result: dict) -> None:

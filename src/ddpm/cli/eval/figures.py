@@ -30,7 +30,7 @@ def add_progressive(sub, name: str) -> None:
         description="Sample images and show the predicted x_0 (eq. 15) after every --every reverse steps; one "
         "row per image, from the first step (left) to the final sample (right).",
     )
-    add_model_options(p, steps_default=STEPS_FULL_CHAIN)
+    add_model_options(p, steps_default=STEPS_FULL_CHAIN, sampler=True)
     p.add_argument("--num-images", type=int, default=4, help="rows")
     p.add_argument("--every", type=int, default=100, help="reverse steps between columns")
     p.add_argument("--out", default="progressive.png", help="output PNG")

@@ -23,6 +23,7 @@ def add_generate(sub, name: str) -> None:
         p,
         steps_default=STEPS_RECOMMENDED,
         batch=("--batch-size", 64, "images per forward pass (per process)"),
+        sampler=True,
     )
     p.add_argument("--num-samples", type=int, default=50000, help="number of images")
     p.add_argument("--out", required=True, help="output .npz")

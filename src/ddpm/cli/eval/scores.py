@@ -22,6 +22,7 @@ _GENERATION = {
     "seed_help": "base seed; image i uses a generator seeded from (seed, i)",
     "steps_default": STEPS_RECOMMENDED,
     "batch": ("--gen-batch-size", 64, "batch size when sampling from a pipeline"),
+    "sampler": True,
 }
 
 
@@ -32,6 +33,8 @@ def _generation(args) -> dict:
         "batch_size": args.model_batch_size,
         "num_inference_steps": args.num_inference_steps,
         "device": args.device,
+        "sampler": args.sampler,
+        "eta": args.eta,
     }
 
 

@@ -1,7 +1,12 @@
-"""One DDPMScheduler.step() call, ours against Diffusers, in the same run (CPU, float32).
+"""Scheduler steps, ours against Diffusers, in the same run (CPU, float32).
 
-A realistic call: after set_timesteps(1000), a timestep t > 0 taken from ``scheduler.timesteps`` (as a pipeline
-does), noise drawn from a seeded torch.Generator. Batch 1 and 64 at 3x32x32. Medians of interleaved repetitions.
+* One DDPMScheduler.step(): after set_timesteps(1000), a timestep t > 0 taken from ``scheduler.timesteps`` (as a
+  pipeline does), noise drawn from a seeded torch.Generator.
+* A whole 25-step pass of each sampler's scheduler (DDPM, DDIM with eta 0 and 1, DPM-Solver++ 2M and its SDE
+  form): ``set_timesteps(25)`` and 25 ``step()`` calls with a fixed model output, per step. The multistep solver
+  keeps state between steps, so a pass (not one call) is the unit there.
+
+Batch 1 and 64 at 3x32x32. Medians of interleaved repetitions.
 
     .venv/bin/python -m benchmarks.scheduler_step [--repeats N] [--threads N ...] [--no-write]
 """
@@ -29,6 +34,68 @@ def _setup(cls, batch: int):
     model_output = torch.randn((batch, *SHAPE), generator=gen)
     step_gen = torch.Generator().manual_seed(1)
     return lambda: scheduler.step(model_output, t, sample, generator=step_gen)
+
+
+PASS_STEPS = 25
+#: (label, our class name, keyword arguments of the constructor, keyword arguments of step)
+PASS_CASES = (
+    ("DDPM", "DDPMScheduler", {}, {}),
+    ("DDIM eta 0", "DDIMScheduler", {}, {"eta": 0.0}),
+    ("DDIM eta 1", "DDIMScheduler", {}, {"eta": 1.0}),
+    ("DPM-Solver++ 2M", "DPMSolverMultistepScheduler", {}, {}),
+    ("SDE-DPM-Solver++ 2M", "DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}, {}),
+)
+
+
+def _setup_pass(cls, batch: int, init: dict, step_kwargs: dict):
+    scheduler = cls(**init)
+    gen = torch.Generator().manual_seed(0)
+    sample = torch.randn((batch, *SHAPE), generator=gen)
+    model_output = torch.randn((batch, *SHAPE), generator=gen) * 0.5
+
+    def run():
+        scheduler.set_timesteps(PASS_STEPS)
+        step_gen = torch.Generator().manual_seed(1)
+        x = sample
+        for t in scheduler.timesteps:
+            x = scheduler.step(model_output, t, x, generator=step_gen, **step_kwargs).prev_sample
+        return x
+
+    return run
+
+
+def _collect_passes(args, thread_counts) -> tuple[list[str], list[dict]]:
+    import diffusers
+
+    import ddpm
+
+    lines, rows = [], []
+    for threads in thread_counts:
+        torch.set_num_threads(threads)
+        for batch, _ in CASES:
+            for label, name, init, step_kwargs in PASS_CASES:
+                ours = _setup_pass(getattr(ddpm, name), batch, init, step_kwargs)
+                ref = _setup_pass(getattr(diffusers, name), batch, init, step_kwargs)
+                assert torch.allclose(ours(), ref(), rtol=1e-4, atol=1e-5)  # same work, same noise
+                t_ours, t_ref = time_pair(ours, ref, repeats=max(3, args.repeats // 3), warmup=1, inner=1)
+                per_ours, per_ref = t_ours / PASS_STEPS, t_ref / PASS_STEPS
+                ratio = t_ref / t_ours
+                rows.append(
+                    {
+                        "case": f"pass_{label.replace(' ', '_')}_threads{threads}_batch{batch}",
+                        "scheduler": label,
+                        "threads": threads,
+                        "batch": batch,
+                        "ours_us_per_step": per_ours * 1e6,
+                        "diffusers_us_per_step": per_ref * 1e6,
+                        "ratio": ratio,
+                    }
+                )
+                lines.append(
+                    f"| {label} | {batch} | {threads} | {per_ours * 1e6:.1f} | {per_ref * 1e6:.1f} | {ratio:.2f}x |"
+                )
+                print(f"{label:>20} threads {threads} batch {batch:>3}: ratio {ratio:.2f}x", flush=True)
+    return lines, rows
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,6 +144,8 @@ def collect(args: argparse.Namespace) -> Section:
                     f"diffusers {t_ref * 1e6:9.1f} us   ratio {ratio:.2f}x",
                     flush=True,
                 )
+        pass_lines, pass_rows = _collect_passes(args, thread_counts)
+        rows += pass_rows
     finally:
         torch.set_num_threads(default_threads)
 
@@ -85,6 +154,12 @@ def collect(args: argparse.Namespace) -> Section:
             "| batch (3x32x32, float32) | torch threads | ours (us) | Diffusers (us) | ratio |",
             "|---|---|---|---|---|",
             *lines,
+            "",
+            f"A whole {PASS_STEPS}-step pass (`set_timesteps` + {PASS_STEPS} `step()` calls), time per step:",
+            "",
+            "| scheduler | batch | torch threads | ours (us/step) | Diffusers (us/step) | ratio |",
+            "|---|---|---|---|---|---|",
+            *pass_lines,
         ]
     )
     notes = (
@@ -97,7 +172,7 @@ def collect(args: argparse.Namespace) -> Section:
         "updates: 6 elementwise passes instead of 9). Absolute CPU times depend on the machine and its load; the "
         "ratios are what carries over."
     )
-    return Section(NAME, "Scheduler: one DDPMScheduler.step() (CPU, float32)", table, rows, notes)
+    return Section(NAME, "Schedulers: step() of DDPM, DDIM and DPM-Solver++ (CPU, float32)", table, rows, notes)
 
 
 def main(argv=None) -> list[dict]:

@@ -86,6 +86,8 @@ def _collect_passes(args, thread_counts) -> tuple[list[str], list[dict]]:
                         "scheduler": label,
                         "threads": threads,
                         "batch": batch,
+                        "ours_s": t_ours,
+                        "diffusers_s": t_ref,
                         "ours_us_per_step": per_ours * 1e6,
                         "diffusers_us_per_step": per_ref * 1e6,
                         "ratio": ratio,

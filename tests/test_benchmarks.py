@@ -15,7 +15,12 @@ LINUX = sys.platform.startswith("linux")
 
 # What `--quick` on CPU runs: one row per (section, case).
 QUICK_CASES = {
-    "scheduler_step": {"threads1_batch1", "threads1_batch64"},
+    "scheduler_step": {"threads1_batch1", "threads1_batch64"}
+    | {
+        f"pass_{name}_threads1_batch{batch}"
+        for name in ("DDPM", "DDIM_eta_0", "DDIM_eta_1", "DPM-Solver++_2M", "SDE-DPM-Solver++_2M")
+        for batch in (1, 64)
+    },
     "unet_forward": {"cpu_float32_batch1"},
     "sampling-cpu": {"ours_batch1_steps2", "ours_batch2_steps2"},
     "training": {"small_fp32_batch2"},
@@ -102,7 +107,7 @@ def test_quick_without_out_dir_writes_nothing(tmp_path, monkeypatch):
         payload = run_suite(["--quick", "--only", "scheduler_step", "--threads", "1", "--repeats", "1"])
     finally:
         torch.set_num_threads(threads)
-    assert [row["benchmark"] for row in payload["rows"]] == ["scheduler_step"] * 2
+    assert [row["benchmark"] for row in payload["rows"]] == ["scheduler_step"] * 12
     assert list(tmp_path.iterdir()) == []
 
 

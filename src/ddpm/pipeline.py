@@ -404,10 +404,12 @@ class DDPMPipeline:
 
     def check_components(self) -> None:
         """Raise ``ValueError`` when the UNet's output channels do not fit the scheduler's variance type."""
+        from .schedulers.common import expected_output_channels
+
         in_ch, out_ch = self.unet.config.in_channels, self.unet.config.out_channels
         variance_type = getattr(self.scheduler.config, "variance_type", None)
         if variance_type in LEARNED_VARIANCE_TYPES:
-            if out_ch != 2 * in_ch:
+            if out_ch != expected_output_channels(variance_type, in_ch):
                 raise ValueError(
                     f"the scheduler's variance_type {variance_type!r} needs a UNet predicting noise and variance "
                     f"(out_channels = 2 * in_channels = {2 * in_ch}), but unet.config.out_channels is {out_ch}"

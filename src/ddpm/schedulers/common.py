@@ -184,6 +184,46 @@ class StepPositions:
         return torch.tensor(-1)
 
 
+def expected_output_channels(variance_type: str | None, channels: int) -> int:
+    """The channels a model must output for ``channels``-channel images: twice as many with a learned variance
+    (prediction, then variance; :data:`LEARNED_VARIANCE_TYPES`), else as many. The one place this rule lives."""
+    return 2 * channels if variance_type in LEARNED_VARIANCE_TYPES else channels
+
+
+def split_model_output(
+    model_output: torch.Tensor, sample: torch.Tensor, variance_type: str | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(prediction, variance values or None)`` of a model output for ``sample``: a learned-variance model's 2·C
+    channels split in two halves, else the output itself; ``ValueError`` stating the expected shape otherwise."""
+    learned = variance_type in LEARNED_VARIANCE_TYPES
+    if not learned and model_output.shape == sample.shape and sample.ndim >= 2:
+        return model_output, None
+    if model_output.ndim < 2 or sample.ndim < 2:
+        raise ValueError(
+            f"model_output {tuple(model_output.shape)} and sample {tuple(sample.shape)} must be batched "
+            "(batch, channels, ...) tensors."
+        )
+    channels = sample.shape[1]
+    want = expected_output_channels(variance_type, channels)
+    if model_output.shape[1] != want or (
+        model_output.shape[0] != sample.shape[0] or model_output.shape[2:] != sample.shape[2:]
+    ):
+        expected = (sample.shape[0], want, *sample.shape[2:])
+        why = (
+            f"variance_type={variance_type!r} needs 2*C channels (prediction, then variance): 2*{channels} output "
+            "channels"
+            if learned
+            else f"variance_type={variance_type!r} needs the sample's C channels"
+        )
+        raise ValueError(
+            f"model_output has shape {tuple(model_output.shape)}; expected {expected} for a sample of shape "
+            f"{tuple(sample.shape)}: {why}."
+        )
+    if learned:
+        return model_output[:, :channels], model_output[:, channels:]
+    return model_output, None
+
+
 def threshold_sample(sample: torch.Tensor, ratio: float, max_value: float) -> torch.Tensor:
     """Imagen dynamic thresholding (Saharia et al. 2022): s = clamp(quantile(|x0|, ratio), 1, max_value) per batch
     item, x0 -> clamp(x0, -s, s) / s. Computed in float32 for half-precision input and cast back."""

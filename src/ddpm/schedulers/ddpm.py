@@ -26,7 +26,6 @@ from ..config import register_to_config
 from ..noise import randn_tensor
 from ..outputs import BaseOutput
 from .common import (
-    LEARNED_VARIANCE_TYPES,
     PREDICTION_TYPES,
     TIMESTEP_SPACINGS,
     VARIANCE_TYPES,
@@ -38,6 +37,7 @@ from .common import (
     check_num_inference_steps,
     check_num_train_timesteps,
     spaced_timesteps,
+    split_model_output,
     threshold_sample,
 )
 from .diffusion_math import BETA_SCHEDULES, discretized_gaussian_log_likelihood, make_betas, normal_kl
@@ -244,32 +244,7 @@ class DDPMScheduler(ForwardProcessMixin, SchedulerMixin):
 
     # -- the reverse step --------------------------------------------------------------------------------------------
     def _split_model_output(self, model_output: torch.Tensor, sample: torch.Tensor):
-        learned = self.config.variance_type in LEARNED_VARIANCE_TYPES
-        if not learned and model_output.shape == sample.shape and sample.ndim >= 2:
-            return model_output, None
-        if model_output.ndim < 2 or sample.ndim < 2:
-            raise ValueError(
-                f"model_output {tuple(model_output.shape)} and sample {tuple(sample.shape)} must be batched "
-                "(batch, channels, ...) tensors."
-            )
-        channels = sample.shape[1]
-        want = 2 * channels if learned else channels
-        if model_output.shape[1] != want or (
-            model_output.shape[0] != sample.shape[0] or model_output.shape[2:] != sample.shape[2:]
-        ):
-            expected = (sample.shape[0], want, *sample.shape[2:])
-            why = (
-                f"variance_type={self.config.variance_type!r} needs 2*C channels (prediction, then variance)"
-                if learned
-                else f"variance_type={self.config.variance_type!r} needs the sample's C channels"
-            )
-            raise ValueError(
-                f"model_output has shape {tuple(model_output.shape)}; expected {expected} for a sample of shape "
-                f"{tuple(sample.shape)}: {why}."
-            )
-        if learned:
-            return model_output[:, :channels], model_output[:, channels:]
-        return model_output, None
+        return split_model_output(model_output, sample, self.config.variance_type)
 
     def _threshold_sample(self, sample: torch.Tensor) -> torch.Tensor:
         return threshold_sample(sample, self.config.dynamic_thresholding_ratio, self.config.sample_max_value)

@@ -129,7 +129,9 @@ class TrainConfig:
         cfg = {k: v for k, v in self.model.items() if not k.startswith("_")}
         cfg["sample_size"] = self.resolution
         cfg["in_channels"] = self.channels
-        cfg["out_channels"] = self.channels * (2 if self.learned_variance else 1)
+        from ddpm.schedulers.common import expected_output_channels
+
+        cfg["out_channels"] = expected_output_channels(self.scheduler.get("variance_type"), self.channels)
         cfg["dropout"] = self.dropout
         return cfg
 

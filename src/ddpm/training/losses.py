@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ddpm.likelihood import mean_flat, vb_terms_bpd
-from ddpm.schedulers.vocabulary import LEARNED_VARIANCE_TYPES
+from ddpm.schedulers.common import split_model_output
 
 
 def prediction_target(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -57,19 +57,8 @@ def diffusion_loss(
     (``L_t`` in bits/dim, before the ``lambda * T`` weight).
     """
     model_output = model_output.float()
-    channels = x0.shape[1]
-    learned = scheduler.config.variance_type in LEARNED_VARIANCE_TYPES
-    if learned:
-        if model_output.shape[1] != 2 * channels:
-            raise ValueError(
-                f"variance_type={scheduler.config.variance_type!r} needs a model with 2*{channels} output channels, "
-                f"got {model_output.shape[1]}"
-            )
-        prediction, variance_values = model_output.split(channels, dim=1)
-    else:
-        if model_output.shape[1] != channels:
-            raise ValueError(f"the model outputs {model_output.shape[1]} channels, the data has {channels}")
-        prediction = model_output
+    prediction, variance_values = split_model_output(model_output, x0, scheduler.config.variance_type)
+    learned = variance_values is not None
     target = prediction_target(scheduler, x0, noise, t).float()
     mse = mean_flat((target - prediction) ** 2)
     terms = {"mse": mse}

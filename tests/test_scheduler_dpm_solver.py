@@ -398,6 +398,7 @@ def test_step_reads_no_tensor_values(monkeypatch, algorithm):
     assert torch.isfinite(x).all()
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("algorithm", ["dpmsolver++", "sde-dpmsolver++"])
 def test_cuda_loop_without_sync(algorithm):

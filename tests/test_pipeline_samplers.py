@@ -220,3 +220,16 @@ def test_images_do_not_depend_on_the_batch_for_every_sampler():
         alone = pipe(batch_size=1, generator=image_generators(7, [2]), **kw).images
         # equal up to the UNet's float rounding, which differs between batch sizes (other convolution kernels)
         np.testing.assert_allclose(together[2:], alone, atol=1e-4, rtol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm-solver++"])
+def test_every_sampler_gives_the_cpu_images_on_cuda(sampler):
+    ours_unet, _ = unets()
+    pipe = DDPMPipeline(ours_unet, ddpm.DDPMScheduler()).set_sampler(sampler)
+    kw = dict(batch_size=4, num_inference_steps=10, output_type="np", progress=False)
+    cpu = pipe(generator=image_generators(0, range(4)), **kw).images
+    pipe.to("cuda")
+    gpu = pipe(generator=image_generators(0, range(4)), **kw).images  # CPU generators: the same noise on any device
+    np.testing.assert_allclose(gpu, cpu, atol=2e-3, rtol=0)

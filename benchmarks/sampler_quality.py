@@ -178,7 +178,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     """FID against steps (both log scales), one line per sampler, with labelled axes and a legend."""
     from PIL import Image, ImageDraw
 
-    width, height, left, right, top, bottom = 900, 560, 90, 190, 50, 70
+    width, height, left, right, top, bottom = 900, 580, 90, 190, 75, 70
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
     font, small = _font(18), _font(15)
@@ -210,7 +210,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
         font=font,
         anchor="mm",
     )
-    draw.text((20, top - 30), "FID (log scale; lower is better)", fill=(0, 0, 0), font=font)
+    draw.text((20, top - 28), "FID (log scale; lower is better)", fill=(0, 0, 0), font=font)
     draw.text(((left + width - right) / 2, 18), title, fill=(0, 0, 0), font=font, anchor="mm")
     for k, sampler in enumerate(s for s in SAMPLERS if any(r["sampler"] == s for r in rows)):
         colour = COLOURS[sampler]
@@ -241,6 +241,8 @@ def run_report(args) -> None:
     (out / "quality.json").write_text(json.dumps({"rows": rows, "timing": timing_data}, indent=2) + "\n")
     for n in sorted({r["num_samples"] for r in rows}):
         subset = [r for r in rows if r["num_samples"] == n]
+        if len({r["steps"] for r in subset}) < 2:
+            continue  # a plot needs two step counts
         plot(subset, out / f"fid-vs-steps-n{n}.png", f"bundled model: FID ({n} samples) against steps")
     lines = []
     for n in sorted({r["num_samples"] for r in rows}, reverse=True):

@@ -27,7 +27,10 @@ def test_bundled_model_is_small_and_loads_by_name(pipe):
     assert weights.stat().st_size < 8_000_000
     assert pipe.unet.config.sample_size == 28 and pipe.unet.config.in_channels == 1
     assert pipe.scheduler.config.num_train_timesteps == 1000
-    assert pipe.recommended_num_inference_steps == 250
+    # ddpm.json: Analytic-DDPM at 25 steps (FID 31.69 against 36.98 for DDPM at 250, docs/samplers.md), DDPM at 250
+    assert pipe.default_sampler() == "analytic-ddpm" and pipe.default_steps() == 25
+    assert pipe.default_steps("ddpm") == 250
+    assert type(pipe.scheduler).__name__ == "DDPMScheduler"  # the pipeline's own call keeps Diffusers' semantics
     assert DDPMPipeline.from_pretrained().unet.num_parameters() == pipe.unet.num_parameters()
 
 
@@ -58,6 +61,6 @@ def test_model_predicts_the_noise_of_real_test_images(pipe):
 
 def test_ddpm_sample_without_model_uses_the_bundled_one(tmp_path):
     out = tmp_path / "grid.png"
-    assert main(["sample", "--num-images", "4", "--steps", "2", "--out", str(out), "--no-progress"]) == 0
+    assert main(["sample", "--num-images", "4", "--num-inference-steps", "2", "--out", str(out), "--no-progress"]) == 0
     with Image.open(out) as img:
         assert img.size[0] >= 2 * 28 and img.size[1] >= 2 * 28

@@ -233,3 +233,22 @@ def test_every_sampler_gives_the_cpu_images_on_cuda(sampler):
     pipe.to("cuda")
     gpu = pipe(generator=image_generators(0, range(4)), **kw).images  # CPU generators: the same noise on any device
     np.testing.assert_allclose(gpu, cpu, atol=2e-3, rtol=0)
+
+
+def test_the_dpm_solver_sampler_clips_as_the_model_config_asks():
+    clipped = make_scheduler("dpm-solver++", ddpm.DDPMScheduler(clip_sample=True).config)
+    assert clipped.config.thresholding is True and clipped.config.sample_max_value == 1.0
+    x0 = torch.linspace(-3, 3, 2 * 3 * 8 * 8).reshape(2, 3, 8, 8)
+    # thresholding with sample_max_value 1 is exactly the clip to [-1, 1]
+    from ddpm.schedulers.common import threshold_sample
+
+    cfg = clipped.config
+    got = threshold_sample(x0, cfg.dynamic_thresholding_ratio, cfg.sample_max_value)
+    torch.testing.assert_close(got, x0.clamp(-1, 1), rtol=0, atol=0)
+    for config in (
+        ddpm.DDPMScheduler(clip_sample=False).config,
+        ddpm.DDPMScheduler(clip_sample=True, clip_sample_range=2.0).config,  # not expressible: left alone
+    ):
+        assert make_scheduler("dpm-solver++", config).config.thresholding is False
+    # the swap by class keeps Diffusers' semantics (no clipping added)
+    assert ddpm.DPMSolverMultistepScheduler.from_config(ddpm.DDPMScheduler().config).config.thresholding is False

@@ -9,7 +9,8 @@ name                scheduler                               what it is
 ==================  ======================================  ==========================================
 ``ddpm``            :class:`DDPMScheduler`                  ancestral sampling, Ho et al. 2020, Alg. 2
 ``ddim``            :class:`DDIMScheduler`                  Song et al. 2021; ``eta`` 0 (deterministic)..1
-``dpm-solver++``    :class:`DPMSolverMultistepScheduler`    Lu et al. 2022, 2nd-order multistep ODE solver
+``dpm-solver++``    :class:`DPMSolverMultistepScheduler`    Lu et al. 2022, 2nd-order multistep ODE solver;
+                                                            x0 clipped as the model's ``clip_sample`` asks
 ``analytic-ddpm``   :class:`AnalyticDPMScheduler` (ddpm)    Bao et al. 2022: DDPM with the optimal variance
 ``analytic-ddim``   :class:`AnalyticDPMScheduler` (ddim)    Bao et al. 2022: DDIM with the optimal variance
 ==================  ======================================  ==========================================
@@ -73,6 +74,12 @@ def make_scheduler(sampler: str, config, moments=None, **overrides):
         from .dpm_solver import DPMSolverMultistepScheduler
 
         overrides.setdefault("algorithm_type", "dpmsolver++")
+        if config.get("clip_sample") and not config.get("thresholding") and config.get("clip_sample_range", 1.0) == 1:
+            # The model's DDPM config clips x0 to [-1, 1]; DPM-Solver has no clip_sample, but its thresholding with
+            # sample_max_value 1 is exactly that clip (s = clamp(quantile, 1, 1) = 1). Without it the solver
+            # integrates out-of-range x0 predictions (measured on the bundled model: docs/samplers.md).
+            overrides.setdefault("thresholding", True)
+            overrides.setdefault("sample_max_value", 1.0)
         return DPMSolverMultistepScheduler.from_config(config, **overrides)
     from .analytic import AnalyticDPMScheduler
 

@@ -42,6 +42,7 @@ from .common import (
     VARIANCE_TYPES,
     SchedulerMixin,
     check_choice,
+    check_custom_timesteps,
     check_num_inference_steps,
     check_num_train_timesteps,
     threshold_sample,
@@ -403,22 +404,7 @@ class DPMSolverMultistepScheduler(SchedulerMixin):
         return values
 
     def _validate_custom(self, timesteps) -> np.ndarray:
-        T = self.config.num_train_timesteps
-        if isinstance(timesteps, torch.Tensor):
-            timesteps = timesteps.detach().cpu().numpy()
-        values = np.asarray(timesteps)
-        if values.ndim != 1 or values.size == 0:
-            raise ValueError(f"timesteps={timesteps!r} must be a non-empty 1-D sequence of integers.")
-        if values.dtype.kind == "f" and np.all(values == np.round(values)):
-            values = values.astype(np.int64)
-        if values.dtype.kind not in "iu":
-            raise ValueError(f"timesteps={values.tolist()!r} must be integers.")
-        values = values.astype(np.int64)
-        if np.any(values[1:] >= values[:-1]):
-            raise ValueError(f"timesteps={values.tolist()!r} must be strictly descending.")
-        if values[0] >= T or values[-1] < 0:
-            raise ValueError(f"timesteps={values.tolist()!r} must lie in [0, num_train_timesteps - 1] = [0, {T - 1}].")
-        return values
+        return check_custom_timesteps(timesteps, self.config.num_train_timesteps)
 
     def set_timesteps(
         self,

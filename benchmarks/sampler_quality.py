@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from benchmarks._report import DOCS, machine
+from ddpm.io import atomic_save
 
 SAMPLERS = ("ddpm", "ddim", "dpm-solver++", "analytic-ddpm", "analytic-ddim")
 STEPS = (10, 25, 50, 100, 250)
@@ -71,11 +72,20 @@ def run_fid(args) -> None:
             name = _row_name(sampler, steps, args.num_samples, args.seed)
             npz = work / f"{name}.npz"
             start = time.perf_counter()
+            smaller = _largest_smaller_row(work, sampler, steps, args.num_samples, args.seed)
             if not npz.is_file():
                 pipe = _load(args.model, sampler)
-                generate_to_npz(
-                    pipe, args.num_samples, npz, seed=args.seed, batch_size=args.batch_size, num_inference_steps=steps
-                )
+                if smaller is None:
+                    generate_to_npz(
+                        pipe,
+                        args.num_samples,
+                        npz,
+                        seed=args.seed,
+                        batch_size=args.batch_size,
+                        num_inference_steps=steps,
+                    )
+                else:
+                    _extend_npz(pipe, smaller[1], npz, args.num_samples, args.seed, args.batch_size, steps)
                 print(f"{name}: sampled ({time.perf_counter() - start:.0f} s)", file=sys.stderr)
             if args.generate_only:
                 continue
@@ -84,8 +94,12 @@ def run_fid(args) -> None:
                 extractor = extractor or InceptionFeatureExtractor()
                 with np.load(npz) as data:
                     images = data["images"]
-                features = extractor(images, batch_size=50)
-                np.save(features_file, features)
+                known = np.zeros((0, 2048), np.float32)
+                if smaller is not None and smaller[2].is_file():
+                    known = np.load(smaller[2])
+                features = np.concatenate([known, extractor(images[len(known) :], batch_size=50)])
+                atomic_save(features_file, lambda f, a=features: np.save(f, a))
+                print(f"{name}: features ({time.perf_counter() - start:.0f} s)", file=sys.stderr)
             features = np.load(features_file)
             reference = reference or FeatureStatistics.load(args.ref_stats)
             for n in [n for n in args.fid_n if n <= len(features)]:
@@ -103,6 +117,35 @@ def run_fid(args) -> None:
                 }
                 (work / f"{_row_name(sampler, steps, n, args.seed)}.json").write_text(json.dumps(row, indent=2) + "\n")
                 print(f"{sampler} {steps} steps, n = {n}: FID {fid:.2f}", file=sys.stderr)
+
+
+def _largest_smaller_row(work: Path, sampler: str, steps: int, n: int, seed: int):
+    """``(n_small, npz, features)`` of the largest row of this sampler, steps and seed with fewer than ``n`` images
+    already sampled, or None. Image ``i`` depends on ``(seed, i)`` only, so its images are the first ``n_small`` of
+    the bigger row, and so are their Inception features."""
+    found = []
+    for path in work.glob(f"{sampler}-{steps}steps-n*-seed{seed}.npz"):
+        tail = path.name[len(f"{sampler}-{steps}steps-n") :]
+        count = tail.split("-", 1)[0]
+        if count.isdigit() and int(count) < n:
+            found.append((int(count), path, path.with_name(path.name[: -len(".npz")] + ".features.npy")))
+    return max(found, key=lambda row: row[0]) if found else None
+
+
+def _extend_npz(pipe, small: Path, out: Path, n: int, seed: int, batch_size: int, steps: int) -> None:
+    """Write ``out`` with images ``0 .. n-1``: those of ``small`` and the rest sampled now (same seeds per index)."""
+    from ddpm.evaluation.generate import generate_images
+
+    with np.load(small) as data:
+        first = data["images"]
+        if int(data["seed"]) != seed or int(data["num_inference_steps"]) != steps:
+            raise ValueError(f"{small}: seed/steps differ from the row being extended")
+    rest = generate_images(
+        pipe, n - len(first), seed=seed, batch_size=batch_size, num_inference_steps=steps, start=len(first)
+    )
+    images = np.concatenate([first, rest])
+    meta = {"seed": np.int64(seed), "num_inference_steps": np.int64(steps), "indices": np.arange(n)}
+    atomic_save(out, lambda f: np.savez(f, images=images, **meta))
 
 
 def run_time(args) -> None:

@@ -10,7 +10,7 @@ measured to pay (``docs/benchmarks.md``, "Fast paths"):
 * ``--compile``: ``torch.compile`` of the UNet (:meth:`ddpm.DDPMPipeline.compile`; on CPU with frozen weights).
   ``auto`` never compiles: on CPU the compiled UNet was measured slower than our eager one, and on a GPU it has
   not been measured yet (the numbers: ``docs/benchmarks.md``). ``on`` compiles (one compilation per batch shape).
-* ``--threads``: torch's intra-op threads (default: torch's choice, one per core).
+* ``--threads``: torch's intra-op threads (default: the cores other processes leave idle, see :mod:`ddpm.threads`).
 
 The fast paths give the reference images within 1e-4 on [0, 1] (``tests/test_pipeline_fast.py``).
 """
@@ -32,7 +32,13 @@ COMPILE_PAYS_ON: tuple[str, ...] = ()
 
 def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``--threads``, ``--channels-last`` and ``--compile`` options (see this module's docstring)."""
-    parser.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads (default: torch's)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="torch CPU threads (default: the cores other processes leave idle, at least 1)",
+    )
     parser.add_argument(
         "--channels-last",
         default="auto",
@@ -51,9 +57,9 @@ def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
 
 def check_speed_arguments(args: argparse.Namespace) -> str | None:
     """An error message for bad speed options, else None."""
-    if args.threads is not None and args.threads < 1:
-        return f"--threads must be >= 1, got {args.threads}"
-    return None
+    from ddpm.threads import check_threads
+
+    return check_threads(args.threads)
 
 
 @dataclass(frozen=True)
@@ -95,8 +101,8 @@ def apply(pipe, device: torch.device, speed: SpeedPlan) -> None:
     pipe.compile(speed.compile)
 
 
-def set_threads(threads: int | None) -> None:
-    if threads is not None:
-        import torch
+def set_threads(threads: int | None) -> int:
+    """Set torch's CPU threads: ``threads``, or the default of :func:`ddpm.threads.auto_threads` for None."""
+    from ddpm.threads import set_threads as set_torch_threads
 
-        torch.set_num_threads(threads)
+    return set_torch_threads(threads)

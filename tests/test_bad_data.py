@@ -388,3 +388,12 @@ def test_no_folder_outside_the_given_paths_is_searched(tmp_path, monkeypatch):
         assert "../shared" not in text and "shared/data" not in text, path
         assert "/work/" not in text and "/home/" not in text, path
     assert os.getcwd() == str(work)
+
+
+def test_non_finite_logits_give_no_inception_score():
+    from ddpm.evaluation.inception_score import inception_score
+
+    logits = np.zeros((10, 5))
+    logits[3, 1] = np.nan
+    with pytest.raises(ValueError, match="logits of 1 of 10 images are not finite"):
+        inception_score(logits, splits=2)

@@ -109,6 +109,8 @@ class ImageFolderDataset(Dataset):
         try:
             with Image.open(self.files[index]) as img:
                 array = _resize_center_crop(img, self.resolution, self.channels)
+        except MemoryError:  # not a property of the file: skipping would make the data order depend on the moment
+            raise
         except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, zlib.error, ... for bad data
             self._bad[index] = f"{type(err).__name__}: {err}"
             warnings.warn(

@@ -13,15 +13,23 @@ Sources (``open_dataset(spec, ...)``):
 * an ``.npz`` holding uint8 images (``images``/``arr_0`` or the only array) as NHWC, NCHW or NHW;
 * a named data set: ``fashion-mnist`` (the Debian package dataset-fashion-mnist) or ``cifar10[:PATH]`` (a folder laid
   out ``train/<class>/*.jpg`` and ``test/<class>/*.jpg``, or the ``cifar10-jpeg.tar.gz`` archive of it).
+
+Only the paths the user gives (and ``$DDPM_CIFAR10``, the Debian package's folder) are read; no other folder is
+searched. An archive is unpacked once into ``$DDPM_CACHE/data`` (default ``~/.cache/ddpm/data``), in a folder named
+after the SHA-256 of its content, so that another archive of the same name never reuses it.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
+import json
 import logging
 import os
+import shutil
 import struct
 import tarfile
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -66,25 +74,68 @@ class ArrayImageDataset(Dataset):
 
 
 class ImageFolderDataset(Dataset):
-    """Image files decoded on access, resized and centre-cropped to ``resolution``, with ``channels`` channels."""
+    """Image files decoded on access, resized and centre-cropped to ``resolution``, with ``channels`` channels.
 
-    def __init__(self, files: list[Path], resolution: int, channels: int, name: str = "folder"):
+    A file that cannot be decoded (a truncated JPEG, a damaged PNG stream: the quick check when the folder is opened
+    reads only the headers) is skipped: ``dataset[i]`` then returns the image of the next decodable file in file
+    order (i + 1, i + 2, ... modulo the length). The substitute depends on the files alone, not on the process or
+    the moment, so a run that meets a bad file resumes exactly (every worker makes the same choice). Each bad file is
+    reported once per process with a warning; :meth:`decode` returns ``None`` for it instead (evaluation drops it),
+    and :attr:`skipped` lists those met so far in this process. ``unreadable``: the files the quick check already
+    left out (kept for reports).
+    """
+
+    def __init__(
+        self, files: list[Path], resolution: int, channels: int, name: str = "folder", unreadable: list[Path] = ()
+    ):
         if not files:
             raise DataError(f"{name}: no readable image")
         self.files = files
         self.resolution = int(resolution)
         self.channels = int(channels)
         self.name = name
+        self.unreadable = list(unreadable)
+        self._bad: dict[int, str] = {}
 
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, index: int) -> torch.Tensor:
+    def decode(self, index: int) -> torch.Tensor | None:
+        """The image of file ``index``, or ``None`` when the file cannot be decoded (warned about once)."""
         from PIL import Image
 
-        with Image.open(self.files[index]) as img:
-            array = _resize_center_crop(img, self.resolution, self.channels)
+        if index in self._bad:
+            return None
+        try:
+            with Image.open(self.files[index]) as img:
+                array = _resize_center_crop(img, self.resolution, self.channels)
+        except MemoryError:  # not a property of the file: skipping would make the data order depend on the moment
+            raise
+        except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, zlib.error, ... for bad data
+            self._bad[index] = f"{type(err).__name__}: {err}"
+            warnings.warn(
+                f"{self.name}: skipped {self.files[index]}: cannot decode it ({self._bad[index]}); "
+                f"{len(self._bad)} file(s) skipped so far",
+                stacklevel=2,
+            )
+            return None
         return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        n = len(self.files)
+        if not -n <= int(index) < n:
+            raise IndexError(f"{self.name}: index {index} out of range for {n} images")
+        index = int(index) % n
+        for k in range(n):
+            image = self.decode((index + k) % n)
+            if image is not None:
+                return image
+        raise DataError(f"{self.name}: none of the {n} image files could be decoded")
+
+    @property
+    def skipped(self) -> list[Path]:
+        """The files that failed to decode in this process so far (in file order)."""
+        return [self.files[i] for i in sorted(self._bad)]
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -118,7 +169,8 @@ def find_images(folder: Path) -> list[Path]:
     return sorted(files)
 
 
-def _readable_images(files: list[Path], name: str) -> list[Path]:
+def _readable_images(files: list[Path], name: str) -> tuple[list[Path], list[Path]]:
+    """The files whose headers PIL can read, and the others (counted in a warning)."""
     from PIL import Image
 
     good, bad = [], []
@@ -134,7 +186,7 @@ def _readable_images(files: list[Path], name: str) -> list[Path]:
         if not good:
             raise DataError(f"{name}: none of the {len(bad)} image files could be read ({shown})")
         warnings.warn(f"{name}: skipped {len(bad)} unreadable image file(s) of {len(files)}: {shown}", stacklevel=3)
-    return good
+    return good, bad
 
 
 def read_idx_images(path: str | os.PathLike) -> np.ndarray:
@@ -167,7 +219,8 @@ def _idx_file_in(folder: Path, split: str) -> Path:
 
 
 def read_npz_images(path: str | os.PathLike) -> np.ndarray:
-    """Read uint8 images from an .npz as NHWC."""
+    """Read uint8 images from an .npz as NHWC. A damaged file is a :class:`DataError` naming it; images holding only
+    the values 0 and 1 (likely a {0, 1} mask, or binary images not scaled to [0, 255]) give a warning."""
     path = Path(path)
     try:
         with np.load(path) as data:
@@ -178,8 +231,10 @@ def read_npz_images(path: str | os.PathLike) -> np.ndarray:
             if key is None:
                 raise DataError(f"{path}: several arrays {keys}; name the images 'images'")
             array = data[key]
-    except (OSError, ValueError) as err:
-        raise DataError(f"{path}: cannot read .npz ({err})") from None
+    except DataError:
+        raise
+    except Exception as err:  # OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error
+        raise DataError(f"{path}: cannot read .npz ({_npz_problem(path, err)})") from None
     if array.dtype != np.uint8:
         raise DataError(f"{path}: images must be uint8, got {array.dtype}")
     if array.ndim == 3:
@@ -188,7 +243,74 @@ def read_npz_images(path: str | os.PathLike) -> np.ndarray:
         raise DataError(f"{path}: expected images NHWC, NCHW or NHW, got shape {array.shape}")
     if array.shape[1] in (1, 3) and array.shape[-1] not in (1, 3):
         array = array.transpose(0, 2, 3, 1)
+    if array.size and int(array.max()) <= 1:
+        warnings.warn(
+            f"{path}: the uint8 images hold only the values 0 and 1; images are read on the [0, 255] scale, so "
+            "these are near-black. If they are a {0, 1} mask or binary images, multiply them by 255 first.",
+            stacklevel=2,
+        )
     return np.ascontiguousarray(array)
+
+
+def _npz_problem(path: Path, err: Exception) -> str:
+    """What is wrong with an .npz that numpy cannot read, in words."""
+    try:
+        size = path.stat().st_size
+    except OSError:
+        size = None
+    if size == 0:
+        return "the file is empty (0 bytes)"
+    text = f"{type(err).__name__}: {err}".strip()
+    if size is not None and (isinstance(err, EOFError) or "zip" in text.lower() or "truncat" in text.lower()):
+        return f"truncated or not an .npz archive, {size} bytes; {text}"
+    return text
+
+
+def data_fingerprint(spec: str | os.PathLike, split: str = "train") -> str:
+    """A short hash of the content of a data source's files, for caches keyed on what a source holds (not only on
+    its name): the SHA-256 of a single file (an .npz, an idx file, an archive; up to 256 MiB, beyond that its size
+    and modification time), or for a folder the relative path, size and modification time of every image file.
+    "" for a source it cannot resolve without opening it."""
+    try:
+        path = _fingerprint_path(str(spec), split)
+        h = hashlib.sha256()
+        if path is None:
+            return ""
+        if path.is_file():
+            st = path.stat()
+            if st.st_size <= 256 << 20:
+                h.update(f"sha256 {file_sha256(path)}".encode())
+            else:
+                h.update(f"{st.st_size} {st.st_mtime_ns}".encode())
+        elif path.is_dir():
+            for f in find_images(path):
+                st = f.stat()
+                h.update(f"{f.relative_to(path).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        else:
+            return ""
+    except (DataError, OSError):
+        return ""
+    return h.hexdigest()[:16]
+
+
+def _fingerprint_path(text: str, split: str) -> Path | None:
+    """The file or image folder that a source spec reads (the idx file of a named or idx source), or None."""
+    name, _, arg = text.partition(":")
+    path = Path(text)
+    if not path.exists():
+        if name.lower() in ("fashion-mnist", "fashion_mnist", "fashionmnist"):
+            folder = Path(arg) if arg else next((Path(d) for d in FASHION_MNIST_DIRS if Path(d).is_dir()), None)
+            return _idx_file_in(folder, split) if folder is not None and folder.is_dir() else None
+        if name.lower() == "cifar10":
+            root = arg or os.environ.get("DDPM_CIFAR10")
+            if not root:
+                return None
+            path = Path(root)
+            return path / split if path.is_dir() else path
+        return None
+    if path.is_dir() and any(path.glob("*images-idx3-ubyte*")):
+        return _idx_file_in(path, split)
+    return path
 
 
 def _convert_channels(nhwc: np.ndarray, channels: int | None) -> np.ndarray:
@@ -217,33 +339,75 @@ def _array_dataset(nhwc: np.ndarray, resolution: int | None, channels: int | Non
 
 
 def _cifar10_folder(path: str | None) -> Path:
+    """The CIFAR-10 folder of ``cifar10:PATH`` or ``$DDPM_CIFAR10`` (an archive is unpacked into the cache). Nothing
+    else is searched: no folder next to or above the working directory."""
     candidates = [Path(path)] if path else []
     env = os.environ.get("DDPM_CIFAR10")
     if env:
         candidates.append(Path(env))
-    candidates += [Path("../shared/data") / CIFAR10_ARCHIVE_NAME, Path("shared/data") / CIFAR10_ARCHIVE_NAME]
     for cand in candidates:
         if cand.is_dir() and (cand / "train").is_dir():
             return cand
         if cand.is_file() and cand.name.endswith((".tar.gz", ".tgz", ".tar")):
             return _extract_archive(cand)
+    looked = f" Looked at: {', '.join(str(c) for c in candidates)}." if candidates else ""
     raise DataError(
-        "cifar10: no data found; pass --data cifar10:PATH with PATH a folder holding train/<class>/*.jpg and "
-        "test/<class>/*.jpg or the cifar10-jpeg.tar.gz archive (or set DDPM_CIFAR10). Looked at: "
-        + ", ".join(str(c) for c in candidates)
+        "cifar10: no data found. Pass --data cifar10:PATH, with PATH a folder holding train/<class>/*.jpg and "
+        "test/<class>/*.jpg or a .tar.gz archive of it (cifar10-jpeg.tar.gz), or set DDPM_CIFAR10 to that path; "
+        "or point --data at any image folder or .npz of uint8 images." + looked
     )
 
 
+def data_cache_dir() -> Path:
+    """Where archives are unpacked: ``$DDPM_CACHE/data``, default ``~/.cache/ddpm/data``."""
+    return Path(os.environ.get("DDPM_CACHE", Path.home() / ".cache" / "ddpm")) / "data"
+
+
+_digests: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's content (remembered per path, size and modification time within the process)."""
+    p = Path(path)
+    st = p.stat()
+    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    digest = _digests.get(key)
+    if digest is None:
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                h.update(chunk)
+        digest = _digests[key] = h.hexdigest()
+    return digest
+
+
 def _extract_archive(archive: Path) -> Path:
-    cache = Path(os.environ.get("DDPM_CACHE", Path.home() / ".cache" / "ddpm")) / "data"
-    target = cache / archive.name.split(".")[0]
+    """Unpack ``archive`` once into the cache, in a folder named after the archive's name and the SHA-256 of its
+    content (two archives of one name never share it; a changed archive gets a new folder). The folder is filled
+    under a temporary name and renamed when complete, so an interrupted extraction is never taken for a whole one."""
+    digest = file_sha256(archive)
+    cache = data_cache_dir()
+    target = cache / f"{archive.name.split('.')[0]}-{digest[:16]}"
     marker = target / ".complete"
-    if not marker.exists():
-        target.mkdir(parents=True, exist_ok=True)
+    if not _marker_matches(marker, digest):
+        cache.mkdir(parents=True, exist_ok=True)
         logger.info("extracting %s to %s", archive, target)
-        with tarfile.open(archive) as tar:
-            tar.extractall(target, filter="data")
-        marker.write_text(str(archive.resolve()))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=cache))
+        try:
+            with tarfile.open(archive) as tar:
+                tar.extractall(tmp, filter="data")
+            (tmp / ".complete").write_text(json.dumps({"archive": str(archive.resolve()), "sha256": digest}))
+            if not _marker_matches(marker, digest):  # else another process finished first
+                if target.exists():  # an incomplete folder of that name
+                    shutil.rmtree(target)
+                try:
+                    os.replace(tmp, target)
+                except OSError:  # another process won the race
+                    if not _marker_matches(marker, digest):
+                        raise
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
     # The archive may hold train/ directly or one top folder.
     if (target / "train").is_dir():
         return target
@@ -251,6 +415,13 @@ def _extract_archive(archive: Path) -> Path:
     if subs:
         return subs[0]
     raise DataError(f"{archive}: the archive holds no train/ folder")
+
+
+def _marker_matches(marker: Path, digest: str) -> bool:
+    try:
+        return json.loads(marker.read_text()).get("sha256") == digest
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def open_dataset(
@@ -289,7 +460,8 @@ def open_dataset(
     if not path.exists():
         raise DataError(
             f"data source {text!r} does not exist; give an image folder, an idx file or folder, an .npz of uint8 "
-            "images, or a named data set (fashion-mnist, cifar10[:PATH])"
+            "images, or a named data set: fashion-mnist (apt-get install dataset-fashion-mnist) or cifar10:PATH "
+            "(a folder of train/<class>/*.jpg and test/<class>/*.jpg, or its .tar.gz archive)"
         )
     if path.is_file():
         if path.suffix == ".npz":
@@ -313,7 +485,8 @@ def _folder_dataset(folder: Path, resolution: int, channels: int, name: str) -> 
     files = find_images(folder)
     if not files:
         raise DataError(f"{name}: no image files ({', '.join(IMAGE_EXTENSIONS)}) found below {folder}")
-    return ImageFolderDataset(_readable_images(files, name), resolution, channels, name)
+    good, bad = _readable_images(files, name)
+    return ImageFolderDataset(good, resolution, channels, name, unreadable=bad)
 
 
 def load_uint8_images(

@@ -23,6 +23,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,13 +40,24 @@ STATS_FORMAT = "ddpm-fid-stats-v1"
 # ---------------------------------------------------------------------------------------------------------------
 @dataclass
 class FeatureStatistics:
-    """Mean and covariance of a set's features; ``source`` describes the set and ``source_hash`` identifies it."""
+    """Mean and covariance of a set's features; ``source`` describes the set and ``source_hash`` identifies it
+    (what it is: spec, split, size, network); ``content`` is a fingerprint of the set's files
+    (:func:`ddpm.data.data_fingerprint`, "" when unknown), ``skipped`` the number of its image files that could not
+    be read, ``file`` the statistics file it was loaded from ("" when computed)."""
 
     mu: np.ndarray
     sigma: np.ndarray
     n: int
     source: str = ""
     source_hash: str = ""
+    content: str = ""
+    skipped: int = 0
+    file: str = ""
+
+    @property
+    def label(self) -> str:
+        """The statistics file, else the source: what an error message names."""
+        return self.file or self.source or "statistics"
 
     def save(self, path: str | os.PathLike) -> None:
         def write(f):
@@ -56,6 +68,8 @@ class FeatureStatistics:
                 n=np.int64(self.n),
                 source=np.str_(self.source),
                 source_hash=np.str_(self.source_hash),
+                content=np.str_(self.content),
+                skipped=np.int64(self.skipped),
                 format=np.str_(STATS_FORMAT),
             )
 
@@ -63,17 +77,48 @@ class FeatureStatistics:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> FeatureStatistics:
-        with np.load(path) as data:
-            if "mu" not in data or "sigma" not in data:
-                raise ValueError(f"{path}: not a statistics file (needs arrays 'mu' and 'sigma')")
-            mu = data["mu"].astype(np.float64)
-            sigma = data["sigma"].astype(np.float64)
-            n = int(data["n"]) if "n" in data else 0
-            source = str(data["source"]) if "source" in data else str(path)
-            source_hash = str(data["source_hash"]) if "source_hash" in data else ""
+        """Read a statistics file. ``ValueError`` naming the file for an empty, truncated or damaged file, a file
+        without ``mu``/``sigma``, shapes that do not fit, and non-finite values."""
+        try:
+            with np.load(path) as data:
+                if "mu" not in data or "sigma" not in data:
+                    raise StatisticsFileError(
+                        f"{path}: not a statistics file (needs arrays 'mu' and 'sigma'; it holds {sorted(data.keys())})"
+                    )
+                mu = data["mu"].astype(np.float64)
+                sigma = data["sigma"].astype(np.float64)
+                n = int(data["n"]) if "n" in data else 0
+                source = str(data["source"]) if "source" in data else str(path)
+                source_hash = str(data["source_hash"]) if "source_hash" in data else ""
+                content = str(data["content"]) if "content" in data else ""
+                skipped = int(data["skipped"]) if "skipped" in data else 0
+        except StatisticsFileError:
+            raise
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: no such statistics file") from None
+        except Exception as err:  # OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, TypeError
+            raise StatisticsFileError(f"{path}: cannot read the statistics file ({_npz_problem(path, err)})") from None
         if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
-            raise ValueError(f"{path}: mu {mu.shape} and sigma {sigma.shape} do not fit")
-        return cls(mu, sigma, n, source, source_hash)
+            raise StatisticsFileError(f"{path}: mu {mu.shape} and sigma {sigma.shape} do not fit")
+        _check_finite(mu, sigma, str(path))
+        return cls(mu, sigma, n, source, source_hash, content, skipped, str(path))
+
+
+class StatisticsFileError(ValueError):
+    """A statistics file is damaged or holds values that cannot give a FID; the message names the file."""
+
+
+def _npz_problem(path, err: Exception) -> str:
+    from ddpm.data import _npz_problem as problem
+
+    return problem(Path(path), err)
+
+
+def _check_finite(mu: np.ndarray, sigma: np.ndarray, label: str) -> None:
+    bad = [(name, a) for name, a in (("mu", mu), ("sigma", sigma)) if not np.isfinite(a).all()]
+    if bad:
+        detail = ", ".join(f"{name} has {int((~np.isfinite(a)).sum())} non-finite value(s)" for name, a in bad)
+        raise StatisticsFileError(f"{label}: the statistics are not finite ({detail}); no FID can be computed")
 
 
 class RunningStatistics:
@@ -108,6 +153,7 @@ class RunningStatistics:
         mu = self.total / self.n
         sigma = (self.outer - self.n * np.outer(mu, mu)) / (self.n - 1)
         sigma = (sigma + sigma.T) / 2
+        _check_finite(mu, sigma, f"features of {source or 'the set'}")
         return FeatureStatistics(mu, sigma, self.n, source, source_hash)
 
 
@@ -145,11 +191,14 @@ def frechet_distance(
         raise ValueError(f"means have different shapes: {mu1.shape} and {mu2.shape}")
     if sigma1.shape != sigma2.shape or sigma1.shape != (mu1.shape[0],) * 2:
         raise ValueError(f"covariances {sigma1.shape} and {sigma2.shape} do not fit means of shape {mu1.shape}")
+    if method not in ("sqrtm", "eigh"):
+        raise ValueError(f"method must be 'sqrtm' or 'eigh', got {method!r}")
+    _check_finite(mu1, sigma1, "the first statistics")
+    _check_finite(mu2, sigma2, "the second statistics")
     diff = mu1 - mu2
     if method == "eigh":
-        return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * _trace_sqrt_product(sigma1, sigma2))
-    if method != "sqrtm":
-        raise ValueError(f"method must be 'sqrtm' or 'eigh', got {method!r}")
+        value = float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * _trace_sqrt_product(sigma1, sigma2))
+        return _finite(value, method)
     covmean = linalg.sqrtm(sigma1 @ sigma2)
     if not np.isfinite(covmean).all():
         print(f"fid: sqrtm(sigma1 @ sigma2) is singular; adding {eps} to the covariances' diagonals", file=sys.stderr)
@@ -160,7 +209,16 @@ def frechet_distance(
             largest = np.max(np.abs(covmean.imag))
             raise ValueError(f"sqrtm(sigma1 @ sigma2) has a large imaginary component ({largest:.3g})")
         covmean = covmean.real
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+    return _finite(float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean)), method)
+
+
+def _finite(value: float, method: str) -> float:
+    if not np.isfinite(value):
+        raise ValueError(
+            f"the Fréchet distance is not finite ({value}) with method={method!r} although the statistics are; "
+            "the covariances are too ill-conditioned (try the other --method, or more images)"
+        )
+    return value
 
 
 def _trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
@@ -176,12 +234,47 @@ def _trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
     return float(np.sqrt(np.clip(lam, 0, None)).sum())
 
 
-def fid_from_statistics(a: FeatureStatistics, b: FeatureStatistics, method: str = "sqrtm") -> float:
+def fid_from_statistics(a: FeatureStatistics, b: FeatureStatistics, method: str = "sqrtm", warn: bool = True) -> float:
+    """The FID of two sets' statistics. With ``warn``, a ``UserWarning`` for each of :func:`statistics_warnings`
+    (e.g. a set of fewer images than features). ``ValueError`` naming the files for different feature sizes and
+    non-finite statistics; the result is always finite."""
     if a.mu.shape != b.mu.shape:
         raise ValueError(
-            f"statistics of different feature sizes: {a.mu.shape[0]} ({a.source}), {b.mu.shape[0]} ({b.source})"
+            f"statistics of different feature sizes: {a.mu.shape[0]} features ({a.label}), {b.mu.shape[0]} features "
+            f"({b.label}); both must come from the same network and layer (the FID Inception network's pool3 gives "
+            f"{_feature_dim()})"
         )
+    _check_finite(a.mu, a.sigma, a.label)
+    _check_finite(b.mu, b.sigma, b.label)
+    if warn:
+        for message in statistics_warnings(a, b):
+            warnings.warn(message, UserWarning, stacklevel=2)
     return frechet_distance(a.mu, a.sigma, b.mu, b.sigma, method=method)
+
+
+def statistics_warnings(*sets: FeatureStatistics) -> list[str]:
+    """Why a FID of these sets may not be what it seems: a set of fewer images than features (D = 2,048 for the
+    Inception network) has a rank-deficient covariance (rank <= n - 1 < D), and its FID is biased and not comparable
+    with published FIDs (which use 50,000 images); and image files that were skipped because they could not be
+    read. A set of unknown size (``n`` = 0, an old statistics file) gives no warning."""
+    messages = []
+    for s in sets:
+        dim = s.mu.shape[0]
+        if 0 < s.n < dim:
+            messages.append(
+                f"{s.label}: {s.n} images, fewer than the {dim:,} features: its covariance is rank-deficient "
+                f"(rank <= {s.n - 1}), so the FID is biased upward and not comparable with published FIDs "
+                "(computed on 50,000 images; use at least 2,048 and report the number)"
+            )
+        if s.skipped:
+            messages.append(f"{s.source or s.label}: {s.skipped} image file(s) could not be read and were skipped")
+    return messages
+
+
+def _feature_dim() -> int:
+    from ddpm.evaluation.inception import FEATURE_DIM
+
+    return FEATURE_DIM
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -205,9 +298,13 @@ def parse_source(spec: str | os.PathLike) -> Source:
             text, split = text[: -len(s) - 1], s
     path = Path(text)
     if path.is_file() and path.suffix == ".npz":
-        with np.load(path) as data:
-            if "mu" in data and "sigma" in data:
-                return Source(str(spec), "stats", text, split)
+        try:
+            with np.load(path) as data:
+                keys = set(data.keys())
+        except Exception as err:  # OSError, ValueError, EOFError, zipfile.BadZipFile
+            raise StatisticsFileError(f"{path}: cannot read the .npz ({_npz_problem(path, err)})") from None
+        if {"mu", "sigma"} <= keys:
+            return Source(str(spec), "stats", text, split)
     if path.is_dir() and (path / "model_index.json").is_file():
         return Source(str(spec), "pipeline", text, split)
     return Source(str(spec), "data", text, split)
@@ -243,10 +340,15 @@ def iterate_source_images(
     resolution: int | None = None,
     chunk: int = 500,
     subset_seed: int | None = None,
+    report: dict | None = None,
 ):
     """Yield uint8 NCHW tensors of a data source, ``chunk`` at a time: the first ``num_samples`` images, or with
     ``subset_seed`` a uniformly random subset of ``num_samples`` (drawn with that seed, kept in the set's order;
-    useful for sets stored sorted by class, such as the CIFAR-10 folders)."""
+    useful for sets stored sorted by class, such as the CIFAR-10 folders).
+
+    Image files that cannot be read are left out (not replaced): those the folder's quick check rejects and those
+    that fail to decode (a truncated JPEG). ``report``, when given, receives ``skipped`` (their number) and
+    ``skipped_files`` (their paths) once the iteration ends."""
     from ddpm.data import ArrayImageDataset, open_dataset
 
     path = Path(source.path_or_name)
@@ -261,11 +363,43 @@ def iterate_source_images(
     else:
         indices = list(range(n))
     if isinstance(dataset, ArrayImageDataset):
+        if report is not None:
+            report.update(skipped=0, skipped_files=[])
         for start in range(0, n, chunk):
             yield dataset.images[indices[start : start + chunk]]
         return
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=chunk)
-    yield from loader
+    failed = []
+    loader = torch.utils.data.DataLoader(_Decoded(dataset, indices), batch_size=chunk, collate_fn=_stack_decoded)
+    for images, bad in loader:
+        failed += [str(dataset.files[i]) for i in bad]
+        if images is not None:
+            yield images
+    skipped = [str(p) for p in getattr(dataset, "unreadable", [])] + failed
+    if skipped:
+        print(f"fid: {source.spec}: skipped {len(skipped)} image file(s) that could not be read", file=sys.stderr)
+    if report is not None:
+        report.update(skipped=len(skipped), skipped_files=skipped)
+
+
+class _Decoded(torch.utils.data.Dataset):
+    """The images at ``indices`` of an image folder, as (index, tensor or None when the file cannot be decoded)."""
+
+    def __init__(self, dataset, indices: list[int]):
+        self.dataset = dataset
+        self.indices = indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        index = self.indices[i]
+        decode = getattr(self.dataset, "decode", None)
+        return index, (decode(index) if decode is not None else self.dataset[index])
+
+
+def _stack_decoded(items) -> tuple[torch.Tensor | None, list[int]]:
+    kept = [x for _, x in items if x is not None]
+    return (torch.stack(kept) if kept else None), [i for i, x in items if x is None]
 
 
 def source_statistics(
@@ -290,6 +424,7 @@ def source_statistics(
     if extractor is None:
         extractor = InceptionFeatureExtractor()
     extra = {"inception": extractor.sha1}
+    content, report = "", {}
     if source.kind == "pipeline":
         if not num_samples:
             raise ValueError(f"{spec}: a pipeline source needs --num-samples (how many images to generate)")
@@ -306,7 +441,10 @@ def source_statistics(
         images = generate_images(pipeline, num_samples, progress=progress, **generation)
         chunks = (torch.from_numpy(images[i : i + 500]) for i in range(0, len(images), 500))
     else:
-        chunks = iterate_source_images(source, num_samples, resolution, subset_seed=subset_seed)
+        from ddpm.data import data_fingerprint
+
+        content = data_fingerprint(source.path_or_name, source.split)
+        chunks = iterate_source_images(source, num_samples, resolution, subset_seed=subset_seed, report=report)
         if subset_seed is not None:
             extra["subset_seed"] = subset_seed
     running = RunningStatistics()
@@ -316,7 +454,9 @@ def source_statistics(
         if progress:
             rate = running.n / max(time.perf_counter() - start, 1e-9)
             print(f"fid: {source.spec}: {running.n} images ({rate:.1f} img/s)", file=sys.stderr)
-    return running.finalize(source.spec, source_hash(source, num_samples, resolution, extra))
+    stats = running.finalize(source.spec, source_hash(source, num_samples, resolution, extra))
+    stats.content, stats.skipped = content, report.get("skipped", 0)
+    return stats
 
 
 def reference_statistics(
@@ -326,9 +466,11 @@ def reference_statistics(
     num_samples: int | None = None,
     **kwargs,
 ) -> FeatureStatistics:
-    """Statistics of the reference set, loaded from ``cache`` when it holds those of the same source (same hash),
-    computed and saved there when the file does not exist, and computed without saving when the file holds the
-    statistics of another set or size (it is never replaced). With ``spec`` None the cache must exist."""
+    """Statistics of the reference set, loaded from ``cache`` when it holds those of the same source (same hash)
+    and the set's files are still those they were computed from (same :func:`ddpm.data.data_fingerprint`), computed
+    and saved there when the file does not exist or the files changed since, and computed without saving when the
+    file holds the statistics of another set or size (it is never replaced). With ``spec`` None the cache must
+    exist."""
     cache = Path(cache) if cache is not None else None
     if spec is None:
         if cache is None or not cache.is_file():
@@ -338,6 +480,7 @@ def reference_statistics(
     if source.kind == "stats":
         return FeatureStatistics.load(source.path_or_name)
     if cache is not None and cache.is_file() and source.kind != "pipeline":
+        from ddpm.data import data_fingerprint
         from ddpm.evaluation.inception import InceptionFeatureExtractor
 
         extractor = extractor or InceptionFeatureExtractor()
@@ -347,16 +490,30 @@ def reference_statistics(
             extra["subset_seed"] = kwargs["subset_seed"]
         expected = source_hash(source, num_samples, kwargs.get("resolution"), extra)
         if stats.source_hash == expected:
-            return stats
-        # Never replace it: it may be the statistics of a whole reference set (costly: docs/benchmarks.md),
-        # and a mismatch is often a flag meant for the other set (e.g. --num-samples, which applies to both).
-        print(
-            f"fid: {cache} holds statistics of another set ({stats.source}, {stats.n} images); computing those of "
-            f"{spec} ({num_samples or 'all'} images) without saving them, and leaving the file as it is. Give another "
-            "--ref-stats path to cache them, or delete the file to replace it.",
-            file=sys.stderr,
-        )
-        return source_statistics(spec, extractor, num_samples=num_samples, **kwargs)
+            content = data_fingerprint(source.path_or_name, source.split)
+            if not stats.content or not content or stats.content == content:
+                if not stats.content:
+                    print(
+                        f"fid: {cache} does not record the content of {spec} (an older file), so whether its "
+                        "files changed since cannot be checked; using it. Delete it to recompute.",
+                        file=sys.stderr,
+                    )
+                return stats
+            print(
+                f"fid: {cache} holds statistics of {spec} computed before its files changed; recomputing them and "
+                "replacing the file.",
+                file=sys.stderr,
+            )
+        else:
+            # Never replace it: it may be the statistics of a whole reference set (costly: docs/benchmarks.md),
+            # and a mismatch is often a flag meant for the other set (e.g. --num-samples, which applies to both).
+            print(
+                f"fid: {cache} holds statistics of another set ({stats.source}, {stats.n} images); computing those "
+                f"of {spec} ({num_samples or 'all'} images) without saving them, and leaving the file as it is. "
+                "Give another --ref-stats path to cache them, or delete the file to replace it.",
+                file=sys.stderr,
+            )
+            return source_statistics(spec, extractor, num_samples=num_samples, **kwargs)
     stats = source_statistics(spec, extractor, num_samples=num_samples, **kwargs)
     if cache is not None:
         stats.save(cache)
@@ -376,22 +533,47 @@ def fid(
     progress: bool = False,
     method: str = "sqrtm",
     subset_seed: int | None = None,
+    warn: bool = True,
 ) -> dict:
     """FID between source ``a`` (e.g. samples) and reference ``b`` (``ref_stats``: its cached statistics).
 
-    Returns a dict with ``fid``, the image counts and the sources."""
-    from ddpm.evaluation.inception import InceptionFeatureExtractor
+    Returns a dict with ``fid`` (always finite: a non-finite value is a ``ValueError``), the image counts
+    ``n_a``/``n_b``, the sources, ``skipped_a``/``skipped_b`` (image files that could not be read and were left out)
+    and ``warnings`` (:func:`statistics_warnings`: e.g. fewer than 2,048 images in a set). With ``warn`` each warning
+    is also issued as a ``UserWarning``. Statistics files must hold the Inception network's 2,048 features."""
+    from ddpm.evaluation.inception import FEATURE_DIM, InceptionFeatureExtractor
 
     needs_network = parse_source(a).kind != "stats" or (b is not None and parse_source(b).kind != "stats")
+    # Statistics files are checked before any long computation.
+    files = [x for x in (a, b) if x is not None and parse_source(x).kind == "stats"]
+    files += [ref_stats] if b is None and ref_stats is not None and Path(ref_stats).is_file() else []
+    for path in files:
+        _check_dimension(FeatureStatistics.load(parse_source(path).path_or_name), FEATURE_DIM)
     extractor = InceptionFeatureExtractor(inception, device=device) if needs_network else None
     common = {"batch_size": batch_size, "resolution": resolution, "progress": progress, "subset_seed": subset_seed}
     stats_a = source_statistics(a, extractor, num_samples=num_samples, generation=generation, **common)
     stats_b = reference_statistics(b, ref_stats, extractor, num_samples=num_samples, **common)
+    for s in (stats_a, stats_b):
+        _check_dimension(s, FEATURE_DIM)
+    messages = statistics_warnings(stats_a, stats_b)
+    for message in messages if warn else ():
+        warnings.warn(message, UserWarning, stacklevel=2)
     return {
-        "fid": fid_from_statistics(stats_a, stats_b, method=method),
+        "fid": fid_from_statistics(stats_a, stats_b, method=method, warn=False),
         "method": method,
         "n_a": stats_a.n,
         "n_b": stats_b.n,
         "a": stats_a.source,
         "b": stats_b.source,
+        "skipped_a": stats_a.skipped,
+        "skipped_b": stats_b.skipped,
+        "warnings": messages,
     }
+
+
+def _check_dimension(stats: FeatureStatistics, dim: int) -> None:
+    if stats.mu.shape[0] != dim:
+        raise StatisticsFileError(
+            f"{stats.label}: statistics of {stats.mu.shape[0]} features; the FID uses the {dim} pool3 features of "
+            "the Inception network (statistics of another network or layer cannot be compared)"
+        )

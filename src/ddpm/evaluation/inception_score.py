@@ -36,6 +36,9 @@ def inception_score(logits: np.ndarray | torch.Tensor, splits: int = 10) -> tupl
     if logits.ndim != 2:
         raise ValueError(f"expected logits [N, K], got shape {tuple(logits.shape)}")
     n = logits.shape[0]
+    if not torch.isfinite(logits).all():
+        bad = int((~torch.isfinite(logits)).any(dim=1).sum())
+        raise ValueError(f"the logits of {bad} of {n} images are not finite; no Inception Score can be computed")
     if splits < 1 or n < splits:
         raise ValueError(f"need at least splits={splits} >= 1 samples, got {n}")
     log_p = torch.log_softmax(logits, dim=1)

@@ -7,6 +7,10 @@
 
 A data set is named as in ``ddpm train --data`` (``fashion-mnist``, ``cifar10[:PATH]``, a folder, an ``.npz``), with
 ``@test`` / ``@train`` for the split (:func:`ddpm.evaluation.fid.parse_source`).
+
+Image files that cannot be decoded: :func:`model_images` keeps positions (such a file is replaced by the next
+decodable one, as in training, so that chosen indices stay put); :func:`source_images` leaves them out (with a count
+on stderr), as the FID does.
 """
 
 from __future__ import annotations

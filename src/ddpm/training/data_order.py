@@ -6,6 +6,9 @@ The position (``epoch`` and ``index`` into that epoch's permutation) is therefor
 all a checkpoint needs to resume the order exactly, with any number of data-loading workers. With ``world_size``
 processes, rank ``r`` takes the contiguous slice ``[r*B/W, (r+1)*B/W)`` of every global batch, so that the processes
 together see exactly the batch a single process would.
+
+An image file that fails to decode does not change the order: the data set itself returns a fixed substitute for it
+(:class:`ddpm.data.ImageFolderDataset`), so the batch of a step stays a function of the step and the files.
 """
 
 from __future__ import annotations

@@ -108,7 +108,10 @@ def run_fid(args) -> int:
         progress=True,
         method=args.method,
         subset_seed=args.subset_seed,
+        warn=False,
     )
+    for message in result["warnings"]:  # fewer than 2,048 images, skipped files: also in the JSON result
+        print(f"ddpm eval fid: warning: {message}", file=sys.stderr)
     result["seconds"] = round(time.perf_counter() - start, 1)
     print(
         f"FID {result['fid']:.4f}  ({result['a']}: {result['n_a']} images, {result['b']}: {result['n_b']} images, "

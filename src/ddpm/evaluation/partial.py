@@ -58,7 +58,9 @@ def sha256_of_config(config) -> str:
 
 
 def model_fingerprint(unet, scheduler) -> dict[str, str]:
-    """``{"model": weights hash, "scheduler": config hash}`` of a UNet and the scheduler it samples with."""
+    """``{"model": weights hash, "scheduler": config hash}`` of a UNet (a ``torch.compile``d one: its original
+    module's weights) and the scheduler it samples with."""
+    unet = getattr(unet, "_orig_mod", unet)
     return {"model": sha256_of_state_dict(unet), "scheduler": sha256_of_config(scheduler.config)}
 
 

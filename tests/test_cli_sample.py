@@ -51,7 +51,7 @@ def sample(model, *args):
 
 def test_png_grid(model, tmp_path, capsys):
     out = tmp_path / "grid.png"
-    assert sample(model, "--num-images", "5", "--batch-size", "2", "--out", str(out)) == 0
+    assert sample(model, "--num-samples", "5", "--batch-size", "2", "--out", str(out)) == 0
     grid = Image.open(out)
     # 5 images -> 3 columns x 2 rows of 8x8 tiles with 2 px padding
     assert grid.size == (3 * 8 + 4 * 2, 2 * 8 + 3 * 2) and grid.mode == "RGB"
@@ -60,8 +60,9 @@ def test_png_grid(model, tmp_path, capsys):
 
 
 def test_folder_npz_and_batch_size_invariance(model, tmp_path):
-    assert sample(model, "--num-images", "3", "--batch-size", "3", "--seed", "7", "--out", str(tmp_path / "a.npz")) == 0
-    assert sample(model, "--num-images", "3", "--batch-size", "2", "--seed", "7", "--out", str(tmp_path / "imgs")) == 0
+    three = ["--num-samples", "3", "--seed", "7"]
+    assert sample(model, *three, "--batch-size", "3", "--out", str(tmp_path / "a.npz")) == 0
+    assert sample(model, *three, "--batch-size", "2", "--out", str(tmp_path / "imgs")) == 0
     with np.load(tmp_path / "a.npz") as data:
         images = data["images"]
     assert images.shape == (3, 8, 8, 3) and images.dtype == np.uint8
@@ -71,13 +72,13 @@ def test_folder_npz_and_batch_size_invariance(model, tmp_path):
         diff = np.abs(np.asarray(Image.open(tmp_path / "imgs" / name), dtype=int) - images[i].astype(int)).max()
         assert diff <= 1  # batch size 3 vs 2: same noise; float rounding may differ by one level at most
     # another seed, other images; explicit --steps is used
-    assert sample(model, "--num-images", "1", "--seed", "8", "--steps", "2", "--out", str(tmp_path / "b.npz")) == 0
+    assert sample(model, "--num-samples", "1", "--seed", "8", "--steps", "2", "--out", str(tmp_path / "b.npz")) == 0
     with np.load(tmp_path / "b.npz") as data:
         assert not np.array_equal(data["images"][0], images[0])
 
 
 def test_same_as_the_library(model, tmp_path):
-    assert sample(model, "--num-images", "2", "--seed", "3", "--out", str(tmp_path / "c.npz")) == 0
+    assert sample(model, "--num-samples", "2", "--seed", "3", "--out", str(tmp_path / "c.npz")) == 0
     pipe = ddpm.DDPMPipeline.from_pretrained(model)
     expected = pipe(
         batch_size=2,
@@ -92,7 +93,7 @@ def test_same_as_the_library(model, tmp_path):
 
 def test_speed_options_same_images(model, tmp_path, capsys):
     """--channels-last off (the reference NCHW path) and on give the same images; the summary names the settings."""
-    common = ["--num-images", "2", "--seed", "5", "--compile", "off"]
+    common = ["--num-samples", "2", "--seed", "5", "--compile", "off"]
     assert sample(model, *common, "--channels-last", "off", "--out", str(tmp_path / "a.npz")) == 0
     assert "compiled" not in capsys.readouterr().err
     threads = torch.get_num_threads()
@@ -108,7 +109,7 @@ def test_speed_options_same_images(model, tmp_path, capsys):
 @pytest.mark.parametrize(
     ("args", "match"),
     [
-        (["--num-images", "0"], "--num-images must be >= 1"),
+        (["--num-samples", "0"], "--num-samples must be >= 1"),
         (["--batch-size", "0"], "--batch-size must be >= 1"),
         (["--num-inference-steps", "0"], "--num-inference-steps must be >= 1"),
         (["--num-inference-steps", "51"], "--num-inference-steps must be <= 50"),
@@ -128,7 +129,7 @@ def test_bad_options_print_one_line(model, tmp_path, capsys, args, match):
 
 
 def test_old_steps_spelling_still_works_with_a_warning(model, tmp_path, capsys):
-    assert sample(model, "--num-images", "1", "--steps", "2", "--out", str(tmp_path / "a.npz")) == 0
+    assert sample(model, "--num-samples", "1", "--steps", "2", "--out", str(tmp_path / "a.npz")) == 0
     err = capsys.readouterr().err
     assert "--steps is deprecated; use --num-inference-steps" in err and "ddpm 2 steps" in err
     assert sample(model, "--steps", "0") == 2
@@ -168,7 +169,7 @@ def test_bad_choice_is_an_argparse_error(capsys):
 
 
 def test_progress_bar_on_stderr(model, tmp_path, capsys):
-    assert main(["sample", "--model", str(model), "--num-images", "2", "--out", str(tmp_path / "p.npz")]) == 0
+    assert main(["sample", "--model", str(model), "--num-samples", "2", "--out", str(tmp_path / "p.npz")]) == 0
     assert "4/4" in capsys.readouterr().err
 
 
@@ -182,5 +183,5 @@ def test_default_steps_without_ddpm_json(tmp_path, capsys):
     pipe = ddpm.DDPMPipeline(ddpm.UNet2DModel(**TINY_UNET), ddpm.DDPMScheduler(num_train_timesteps=30))
     pipe.save_pretrained(tmp_path / "pipe")
     assert not (tmp_path / "pipe" / "ddpm.json").exists()
-    assert sample(tmp_path / "pipe", "--num-images", "1", "--out", str(tmp_path / "o.npz")) == 0
+    assert sample(tmp_path / "pipe", "--num-samples", "1", "--out", str(tmp_path / "o.npz")) == 0
     assert "30 steps" in capsys.readouterr().err  # min(1000, num_train_timesteps)

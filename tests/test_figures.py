@@ -64,7 +64,7 @@ def test_progressive_generation_ends_at_the_sample(pipe, folder, tmp_path):
                 "progressive",
                 "--model",
                 str(folder[0]),
-                "--num-images",
+                "--num-samples",
                 "2",
                 "--every",
                 "4",
@@ -148,7 +148,7 @@ def test_nll_and_rate_distortion_commands(folder, tmp_path, capsys):
     model, data = folder
     npz, js = tmp_path / "nll.npz", tmp_path / "nll.json"
     args = ["eval", "nll", "--model", str(model), "--data", str(data)]
-    assert main([*args, "--num-images", "3", "--batch-size", "2", "--out", str(npz), "--json", str(js)]) == 0
+    assert main([*args, "--num-samples", "3", "--batch-size", "2", "--out", str(npz), "--json", str(js)]) == 0
     summary = json.loads(js.read_text())
     assert summary["num_images"] == 3 and summary["num_timesteps"] == T
     assert "NLL bound" in capsys.readouterr().out
@@ -156,7 +156,7 @@ def test_nll_and_rate_distortion_commands(folder, tmp_path, capsys):
         assert f["terms_bpd"].shape == (3, T)
         assert f["total_bpd"].mean() == pytest.approx(summary["total_bpd"])
     # The bound of an image does not depend on the batch it was scored in (one generator per image).
-    assert main([*args, "--num-images", "1", "--out", str(tmp_path / "one.npz")]) == 0
+    assert main([*args, "--num-samples", "1", "--out", str(tmp_path / "one.npz")]) == 0
     with np.load(npz) as f, np.load(tmp_path / "one.npz") as g:
         np.testing.assert_allclose(g["terms_bpd"][0], f["terms_bpd"][0], rtol=1e-5, atol=1e-7)
     assert main(["eval", "rate-distortion", "--from", str(npz), "--out", str(tmp_path / "rd")]) == 0

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ddpm.cli import UsageError as _UsageError
 from ddpm.cli import run_guarded
+from ddpm.cli.options import add_device, add_num_samples, check_output, count
 from ddpm.cli.sampler_options import add_sampler_arguments, check_sampler_arguments, setup_sampler
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -39,11 +40,11 @@ def add_parser(subparsers) -> None:
         metavar="FOLDER_OR_HUB_ID",
         help="pipeline folder (model_index.json, unet/, scheduler/) or Hub id; None: the model bundled with ddpm",
     )
-    p.add_argument("--num-images", type=int, default=16, metavar="N", help="number of images to generate")
-    p.add_argument("--batch-size", type=int, default=16, metavar="B", help="images per forward pass")
+    add_num_samples(p, 16, "number of images to generate (old spelling --num-images, deprecated)")
+    p.add_argument("--batch-size", type=count, default=16, metavar="B", help="images per forward pass")
     add_sampler_arguments(p)
     p.add_argument("--seed", type=int, default=0, help="random seed (>= 0)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: cuda when available")
+    add_device(p)
     p.add_argument("--dtype", default="float32", choices=DTYPES, help="UNet precision")
     p.add_argument(
         "--out",
@@ -58,8 +59,8 @@ def add_parser(subparsers) -> None:
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    if args.num_images < 1:
-        raise _UsageError(f"--num-images must be >= 1, got {args.num_images}")
+    if args.num_samples < 1:
+        raise _UsageError(f"--num-samples must be >= 1, got {args.num_samples}")
     if args.batch_size < 1:
         raise _UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     if (message := check_sampler_arguments(args)) is not None:
@@ -75,16 +76,22 @@ def _check_args(args: argparse.Namespace) -> None:
         raise _UsageError(f"--out must end in .png or .npz or name a folder, got {args.out}")
     if out.suffix.lower() in (".png", ".npz") and out.is_dir():
         raise _UsageError(f"--out {args.out} is an existing folder; a {out.suffix} file was expected")
+    check_output("--out", out, "folder" if _as_folder(out) else "file")
 
 
-def _resolve_device(name: str):
-    import torch
+def _as_folder(out: Path) -> bool:
+    return out.suffix == "" or out.is_dir()
 
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise _UsageError("--device cuda: no CUDA device is available (use --device cpu or auto)")
-    return torch.device(name)
+
+def _check_sizes(args: argparse.Namespace, pipe, device, as_folder: bool) -> None:
+    """Before sampling: a .npz or grid is built in memory, so its images must fit; the batch must fit the device."""
+    from ddpm.cli.options import check_batch_fits, check_room, image_bytes, memory_bytes
+
+    if not as_folder:
+        need = args.num_samples * image_bytes(pipe) * (2 if Path(args.out).suffix.lower() == ".npz" else 3)
+        what = "the images (held in memory until the file is written)"
+        check_room("--num-samples", args.num_samples, need, "this machine's memory", memory_bytes(), what)
+    check_batch_fits("--batch-size", min(args.batch_size, args.num_samples), pipe, device)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -93,7 +100,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     _check_args(args)
-    device = _resolve_device(args.device)
+    from ddpm.cli.options import resolve_device
+
+    device = resolve_device(args.device)
 
     import torch
     from tqdm.auto import tqdm
@@ -113,12 +122,15 @@ def _run(args: argparse.Namespace) -> int:
     ddpm_speed.apply(pipe, device, speed)
 
     out = Path(args.out)
-    as_folder = out.suffix == "" or out.is_dir()
-    batches = [range(s, min(s + args.batch_size, args.num_images)) for s in range(0, args.num_images, args.batch_size)]
+    as_folder = _as_folder(out)
+    n = args.num_samples
+    _check_sizes(args, pipe, device, as_folder)
+    batch_size = min(args.batch_size, n)
+    batches = (range(s, min(s + batch_size, n)) for s in range(0, n, batch_size))  # lazy: n may be huge
     bar = tqdm(
-        total=len(batches) * steps,
+        total=-(-n // batch_size) * steps,
         unit="step",
-        desc=f"sampling {args.num_images} image(s)",
+        desc=f"sampling {n} image(s)",
         disable=args.no_progress,
         file=sys.stderr,
     )
@@ -153,8 +165,8 @@ def _run(args: argparse.Namespace) -> int:
     elif not as_folder:
         import numpy as np
 
-        ddpm_images.save_grid(np.concatenate(collected), out, nrow=math.ceil(math.sqrt(args.num_images)))
-    what = f"{args.num_images} image(s), {sampler} {steps} steps, seed {args.seed}, {device}, {args.dtype}"
+        ddpm_images.save_grid(np.concatenate(collected), out, nrow=math.ceil(math.sqrt(n)))
+    what = f"{n} image(s), {sampler} {steps} steps, seed {args.seed}, {device}, {args.dtype}"
     what += f", {speed.describe()}" if speed.describe() else ""
     print(f"wrote {out}{'/' if as_folder else ''} ({what})", file=sys.stderr)
     return 0

@@ -45,16 +45,15 @@ def add_sampler_arguments(p: argparse.ArgumentParser, steps: bool = True) -> Non
     )
 
 
-def _add_steps(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--num-inference-steps",
-        type=int,
-        default=None,
-        metavar="N",
-        help="denoising steps (network calls), 1..num_train_timesteps; None: the model's recommendation for the "
-        "sampler (ddpm.json), else the sampler's default (ddpm: 1000, ddim: 50, dpm-solver++: 25, analytic-ddpm: "
-        "100, analytic-ddim: 50)",
-    )
+STEPS_HELP = (
+    "denoising steps (network calls), 1..num_train_timesteps; None: the model's recommendation for the sampler "
+    "(ddpm.json), else the sampler's default (ddpm: 1000, ddim: 50, dpm-solver++: 25, analytic-ddpm: 100, "
+    "analytic-ddim: 50)"
+)
+
+
+def _add_steps(p: argparse.ArgumentParser, help: str = STEPS_HELP) -> None:
+    p.add_argument("--num-inference-steps", type=int, default=None, metavar="N", help=help)
     p.add_argument(
         "--steps",
         dest="num_inference_steps",
@@ -92,7 +91,15 @@ def setup_sampler(pipe, args: argparse.Namespace) -> tuple[str, int]:
         raise UsageError(f"--eta applies to --sampler {' / '.join(ETA_SAMPLERS)} only, not {sampler}")
     pipe.set_sampler(sampler, eta=args.eta)
     num_train = pipe.scheduler.config.num_train_timesteps
-    steps = args.num_inference_steps or pipe.default_steps(sampler)
-    if steps > num_train:
+    if args.num_inference_steps is None:  # the model's recommendation (ddpm.json) or the sampler's default
+        steps = pipe.default_steps(sampler)
+        if not 1 <= steps <= num_train:
+            raise ValueError(
+                f"the model's recommended {steps} steps for {sampler} (its ddpm.json) are not in [1, {num_train}]; "
+                "give --num-inference-steps"
+            )
+        return sampler, steps
+    steps = args.num_inference_steps
+    if not 1 <= steps <= num_train:
         raise UsageError(f"--num-inference-steps must be <= {num_train} (the model's num_train_timesteps), got {steps}")
     return sampler, steps

@@ -20,11 +20,14 @@ __all__ = [
     "HelpFormatter",
     "UsageError",
     "add_model_options",
+    "add_work_dir",
     "command",
+    "finish_work_dir",
     "float_list",
     "int_list",
     "load_model",
     "need",
+    "work_dir",
     "write_json",
 ]
 
@@ -34,7 +37,7 @@ SOURCE_HELP = (
 )
 
 #: Help of --num-inference-steps by what its default means for the sub-command.
-STEPS_RECOMMENDED = "the model's recommended number, else the full chain"
+STEPS_RECOMMENDED = "the model's recommendation for the sampler (ddpm.json), else the sampler's default"
 STEPS_FULL_CHAIN = "the full chain"
 
 
@@ -47,12 +50,17 @@ def add_model_options(
     steps_default: str | None = None,
     batch: tuple[str, int, str] | None = None,
     sampler: bool = False,
+    speed: bool = False,
 ) -> None:
     """The options that name and drive a model: ``--model`` (``model``: "required", "optional" — needed ``when`` —,
-    or "source" when a positional source may name a pipeline instead), ``--device``, ``--seed``, and where the
-    sub-command samples or batches model calls, ``--num-inference-steps`` (``steps_default`` says what its default
-    means), the batch size ``batch = (flag, default, help)``, and with ``sampler`` the sampling options
-    (``--sampler``, ``--eta``: :mod:`ddpm.cli.sampler_options`). Checked by :func:`command`."""
+    or "source" when a positional source may name a pipeline instead), ``--device`` (default ``auto``), ``--seed``,
+    ``--threads`` (with ``speed`` also ``--channels-last`` and ``--compile``: :mod:`ddpm.cli.speed`),
+    ``--no-progress``, and where the sub-command samples or batches model calls, ``--num-inference-steps`` (old
+    spelling ``--steps``; ``steps_default`` says what its default means), the batch size ``batch = (flag, default,
+    help)``, and with ``sampler`` the sampling options (``--sampler``, ``--eta``: :mod:`ddpm.cli.sampler_options`).
+    Checked by :func:`command`."""
+    from ddpm.cli.options import add_device, add_progress, count
+
     if model not in ("required", "optional", "source"):
         raise ValueError(f"model={model!r}: expected 'required', 'optional' or 'source'")
     if model != "source":
@@ -62,10 +70,12 @@ def add_model_options(
             default=None,
             help="pipeline folder (model_index.json, unet/, scheduler/) or Hub id" + (f" ({when})" if when else ""),
         )
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    add_device(p)
     p.add_argument("--seed", type=int, default=0, help=seed_help)
     if steps_default is not None:
-        p.add_argument("--num-inference-steps", type=int, default=None, help=f"reverse steps; default: {steps_default}")
+        from ddpm.cli.sampler_options import _add_steps
+
+        _add_steps(p, help=f"denoising steps (network calls), 1..num_train_timesteps; None: {steps_default}")
     if sampler:
         from ddpm.cli.sampler_options import add_sampler_arguments
 
@@ -73,8 +83,26 @@ def add_model_options(
     if batch is not None:
         flag, default, text = batch
         metavar = flag.lstrip("-").upper().replace("-", "_")
-        p.add_argument(flag, dest="model_batch_size", metavar=metavar, type=int, default=default, help=text)
+        p.add_argument(flag, dest="model_batch_size", metavar=metavar, type=count, default=default, help=text)
         p.set_defaults(model_batch_flag=flag)
+    if speed:
+        from ddpm.cli.speed import add_speed_arguments
+
+        add_speed_arguments(p)
+    else:
+        p.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads (default: torch's)")
+    add_progress(p)
+
+
+def add_work_dir(p: argparse.ArgumentParser, default: str) -> None:
+    """``--work-dir``: where a long run keeps its finished batches so that, killed, it continues when rerun."""
+    p.add_argument(
+        "--work-dir",
+        default=None,
+        metavar="DIR",
+        help="folder keeping finished batches while the command runs: rerun the same command after a crash and it "
+        f"continues where it stopped (removed once the result is written); default: {default}",
+    )
 
 
 def need(ok: bool, option: str, value, allowed: str) -> None:
@@ -84,6 +112,12 @@ def need(ok: bool, option: str, value, allowed: str) -> None:
 
 
 def _check_model_options(args: argparse.Namespace) -> None:
+    if hasattr(args, "device"):
+        from ddpm.cli.options import resolve_device
+
+        args.device = str(resolve_device(args.device))
+    if hasattr(args, "threads"):
+        need(args.threads is None or args.threads >= 1, "--threads", args.threads, ">= 1")
     if hasattr(args, "seed"):
         need(args.seed >= 0, "--seed", args.seed, ">= 0")
     steps = getattr(args, "num_inference_steps", None)
@@ -103,6 +137,10 @@ def command(name: str, run: Callable[[argparse.Namespace], int | None]) -> Calla
 
     def checked(args: argparse.Namespace) -> int | None:
         _check_model_options(args)
+        if getattr(args, "threads", None) is not None:
+            from ddpm.cli.speed import set_threads
+
+            set_threads(args.threads)
         return run(args)
 
     def func(args: argparse.Namespace) -> int:
@@ -120,8 +158,29 @@ def load_model(args: argparse.Namespace):
     if hasattr(args, "sampler"):
         from ddpm.cli.sampler_options import setup_sampler
 
-        setup_sampler(pipeline, args)
+        # the resolved sampler and steps (the model's recommendation when not given), for every later use
+        args.sampler, args.num_inference_steps = setup_sampler(pipeline, args)
     return pipeline
+
+
+def work_dir(args: argparse.Namespace, out: str | None, name: str, key: dict) -> str:
+    """The work folder of a long run: ``--work-dir``, else ``OUT.partial`` beside the output ``out``, else
+    ``ddpm-NAME-HASH.partial`` in the current folder (HASH from the run's settings ``key``)."""
+    import hashlib
+
+    if getattr(args, "work_dir", None):
+        return args.work_dir
+    if out:
+        return str(out) + ".partial"
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return f"ddpm-{name}-{digest}.partial"
+
+
+def finish_work_dir(path: str) -> None:
+    """Remove a finished run's work folder."""
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def write_json(path: str, result: dict) -> None:

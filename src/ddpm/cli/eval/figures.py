@@ -4,7 +4,7 @@ and ``rate-distortion`` (Fig. 5). The figures themselves are :mod:`ddpm.evaluati
 from __future__ import annotations
 
 from .common import (
-    STEPS_FULL_CHAIN,
+    STEPS_RECOMMENDED,
     HelpFormatter,
     UsageError,
     add_model_options,
@@ -14,7 +14,13 @@ from .common import (
     load_model,
     need,
 )
-from .nll import BOUND_BATCH, add_bound_options, bound_of_data, check_bound_options
+from .nll import BOUND_BATCH, add_bound_options, bound_of_data, bound_work_dir, check_bound_options
+
+
+def _check_out(path: str, kind: str = "file") -> None:
+    from ddpm.cli.options import check_output
+
+    check_output("--out", path, kind)
 
 
 def _check_timesteps(option: str, timesteps, T: int) -> None:
@@ -30,8 +36,10 @@ def add_progressive(sub, name: str) -> None:
         description="Sample images and show the predicted x_0 (eq. 15) after every --every reverse steps; one "
         "row per image, from the first step (left) to the final sample (right).",
     )
-    add_model_options(p, steps_default=STEPS_FULL_CHAIN, sampler=True)
-    p.add_argument("--num-images", type=int, default=4, help="rows")
+    from ddpm.cli.options import add_num_samples
+
+    add_model_options(p, steps_default=STEPS_RECOMMENDED, sampler=True)
+    add_num_samples(p, 4, "rows (images)")
     p.add_argument("--every", type=int, default=100, help="reverse steps between columns")
     p.add_argument("--out", default="progressive.png", help="output PNG")
     p.set_defaults(func=command(name, run_progressive))
@@ -40,14 +48,15 @@ def add_progressive(sub, name: str) -> None:
 def run_progressive(args) -> int:
     from ddpm.evaluation.figures import progressive_generation, save_rows
 
-    need(args.num_images >= 1, "--num-images", args.num_images, ">= 1")
+    need(args.num_samples >= 1, "--num-samples", args.num_samples, ">= 1")
     need(args.every >= 1, "--every", args.every, ">= 1")
+    _check_out(args.out)
     pipeline = load_model(args)
     frames, timesteps = progressive_generation(
-        pipeline, args.num_images, every=args.every, seed=args.seed, num_inference_steps=args.num_inference_steps
+        pipeline, args.num_samples, every=args.every, seed=args.seed, num_inference_steps=args.num_inference_steps
     )
     save_rows(list(frames), args.out)
-    print(f"wrote {args.out}: {args.num_images} rows x {len(timesteps)} columns (timesteps {timesteps})")
+    print(f"wrote {args.out}: {args.num_samples} rows x {len(timesteps)} columns (timesteps {timesteps})")
     return 0
 
 
@@ -77,6 +86,7 @@ def run_shared_latent(args) -> int:
 
     need(args.num_samples >= 1, "--num-samples", args.num_samples, ">= 1")
     need(args.index >= 0, "--index", args.index, ">= 0")
+    _check_out(args.out)
     pipeline = load_model(args)
     T = pipeline.scheduler.config.num_train_timesteps
     timesteps = args.timesteps or paper_timesteps(T)
@@ -121,6 +131,7 @@ def run_interpolate(args) -> int:
         raise UsageError(f"--pairs must be comma-separated image indices, got {args.pairs}") from None
     need(len(indices) >= 2 and len(indices) % 2 == 0, "--pairs", args.pairs, "an even number of indices")
     need(min(indices) >= 0, "--pairs", args.pairs, "indices >= 0")
+    _check_out(args.out)
     pipeline = load_model(args)
     T = pipeline.scheduler.config.num_train_timesteps
     t = args.t if args.t is not None else paper_timesteps(T, (PAPER_INTERPOLATION_T,))[0]
@@ -152,19 +163,29 @@ def add_rate_distortion(sub, name: str) -> None:
 
 
 def run_rate_distortion(args) -> int:
+    from ddpm.cli.options import check_input_file
     from ddpm.evaluation.figures import rate_distortion, write_rate_distortion
     from ddpm.evaluation.nll_runs import RATE_DISTORTION_KEYS, load_bound_terms
 
     check_bound_options(args)
-    if args.from_npz:
-        terms, mse, prior = load_bound_terms(args.from_npz)
-    elif args.model and args.data:
-        results = bound_of_data(args)
-        terms, mse, prior = (results[k].numpy() for k in RATE_DISTORTION_KEYS)
-    else:
+    if not args.from_npz and not (args.model and args.data):
         raise UsageError("give --from NPZ, or --model and --data")
+    for suffix in (".png", ".csv", ".json"):
+        _check_out(args.out + suffix)
+    work = None
+    if args.from_npz:
+        check_input_file("--from", args.from_npz)
+        terms, mse, prior = load_bound_terms(args.from_npz)
+    else:
+        work = bound_work_dir(args, args.out)
+        results = bound_of_data(args, work)
+        terms, mse, prior = (results[k].numpy() for k in RATE_DISTORTION_KEYS)
     rd = rate_distortion(terms, mse, prior)
     paths = write_rate_distortion(rd, args.out)
+    if work is not None:
+        from .common import finish_work_dir
+
+        finish_work_dir(work)
     T = len(rd["reverse_steps"])
     print(
         f"wrote {', '.join(str(p) for p in paths)}: after all {T} steps rate {rd['rate_bpd'][-1]:.4f} bits/dim, "

@@ -1,33 +1,66 @@
-"""``ddpm eval nll``: the variational bound in bits/dim over a data set (paper Table 1; docs/evaluation.md)."""
+"""``ddpm eval nll``: the variational bound in bits/dim over a data set (paper Table 1; docs/evaluation.md).
+
+Crash-safe: the terms of every finished batch are kept in a work folder (``OUT.partial`` beside ``--out``, else
+beside ``--json``, else ``ddpm-nll-HASH.partial`` here; or ``--work-dir``), and a rerun of the same command scores
+only the images it had not finished."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
-from .common import SOURCE_HELP, HelpFormatter, add_model_options, command, load_model, need, write_json
+from .common import (
+    SOURCE_HELP,
+    HelpFormatter,
+    add_model_options,
+    add_work_dir,
+    command,
+    finish_work_dir,
+    load_model,
+    need,
+    work_dir,
+    write_json,
+)
 
 #: The options of computing the bound over a data set (shared with ``rate-distortion``).
 BOUND_BATCH = ("--batch-size", 8, "images per model call")
 
 
 def add_bound_options(p) -> None:
-    """--num-images and --t-batch (the batch size comes with the model options, :data:`BOUND_BATCH`)."""
-    p.add_argument("--num-images", type=int, default=16, help="first N images of the set (0: all)")
+    """--num-samples (old spelling --num-images), --t-batch and --work-dir (the batch size comes with the model
+    options, :data:`BOUND_BATCH`)."""
+    from ddpm.cli.options import add_num_samples
+
+    add_num_samples(p, 16, "the first N images of the set, or all", allow_all=True)
     p.add_argument("--t-batch", type=int, default=1, help="timesteps per model call")
+    add_work_dir(p, "OUT.partial beside the output, else ddpm-nll-HASH.partial in the current folder")
 
 
 def check_bound_options(args) -> None:
-    need(args.num_images >= 0, "--num-images", args.num_images, ">= 0 (0: all)")
+    need(args.num_samples is None or args.num_samples >= 1, "--num-samples", args.num_samples, ">= 1 or all")
     need(args.t_batch >= 1, "--t-batch", args.t_batch, ">= 1")
 
 
-def bound_of_data(args):
-    """The bound of the first --num-images images of --data under --model, with the command's settings."""
+def bound_work_dir(args, out: str | None) -> str:
+    key = {
+        "model": str(Path(args.model).absolute()) if Path(args.model).exists() else args.model,
+        "data": args.data,
+        "num_samples": args.num_samples,
+        "seed": args.seed,
+        "clip": not args.no_clip,
+        "decoder_cdf": args.decoder_cdf,
+    }
+    return work_dir(args, out, "nll", key)
+
+
+def bound_of_data(args, work: str | None = None):
+    """The bound of the first --num-samples images of --data under --model, with the command's settings; finished
+    batches are kept in ``work`` (kept at the end: the caller removes it once its outputs are written)."""
     from ddpm.evaluation.nll_runs import bound_over_images
     from ddpm.evaluation.sources import model_images
 
     pipeline = load_model(args)
-    x = model_images(args.data, pipeline.unet, args.num_images or None)
+    x = model_images(args.data, pipeline.unet, args.num_samples)
     return bound_over_images(
         pipeline.unet,
         pipeline.scheduler,
@@ -37,7 +70,9 @@ def bound_of_data(args):
         t_batch=args.t_batch,
         clip_denoised=not args.no_clip,
         decoder_cdf=args.decoder_cdf,
-        progress=True,
+        progress=not args.no_progress,
+        work_dir=work,
+        keep_work_dir=True,
     )
 
 
@@ -48,7 +83,8 @@ def add_nll(sub, name: str) -> None:
         help="the variational bound on the NLL in bits/dim (paper Table 1)",
         description="Full-chain variational bound (L_T + sum L_t + L_0) of each image, in bits/dim, with one "
         "x_t ~ q(x_t | x_0) per timestep drawn from a generator seeded from (seed, image index): T model "
-        "evaluations per image. Prints the mean; --out keeps every term (for the rate-distortion figure).",
+        "evaluations per image. Prints the mean; --out keeps every term (for the rate-distortion figure). "
+        "The terms of finished batches are kept in a work folder: a killed run continues when rerun.",
     )
     add_model_options(p, batch=BOUND_BATCH)
     p.add_argument("--data", required=True, help="images to score: " + SOURCE_HELP.split(", or a pipeline")[0])
@@ -66,12 +102,18 @@ def add_nll(sub, name: str) -> None:
 
 
 def run_nll(args) -> int:
+    from ddpm.cli.options import check_output
     from ddpm.evaluation.nll import summarize
     from ddpm.evaluation.nll_runs import save_bound
 
     check_bound_options(args)
+    for option in ("--out", "--json"):
+        if (path := getattr(args, option[2:])) is not None:
+            check_output(option, path)
+    work = bound_work_dir(args, args.out or args.json)
+    check_output("--work-dir", work, "folder")
     start = time.perf_counter()
-    results = bound_of_data(args)
+    results = bound_of_data(args, work)
     summary = summarize(results)
     summary.update(model=str(args.model), data=args.data, seed=args.seed, seconds=round(time.perf_counter() - start, 1))
     print(
@@ -83,4 +125,5 @@ def run_nll(args) -> int:
         save_bound(args.out, results, summary)
     if args.json:
         write_json(args.json, summary)
+    finish_work_dir(work)
     return 0

@@ -117,7 +117,10 @@ def _check_model_options(args: argparse.Namespace) -> None:
 
         args.device = str(resolve_device(args.device))
     if hasattr(args, "threads"):
-        need(args.threads is None or args.threads >= 1, "--threads", args.threads, ">= 1")
+        from ddpm.threads import check_threads
+
+        if (message := check_threads(args.threads)) is not None:
+            raise UsageError(message)
     if hasattr(args, "seed"):
         need(args.seed >= 0, "--seed", args.seed, ">= 0")
     steps = getattr(args, "num_inference_steps", None)
@@ -137,7 +140,7 @@ def command(name: str, run: Callable[[argparse.Namespace], int | None]) -> Calla
 
     def checked(args: argparse.Namespace) -> int | None:
         _check_model_options(args)
-        if getattr(args, "threads", None) is not None:
+        if hasattr(args, "threads"):  # None: the cores other processes leave idle (ddpm.threads)
             from ddpm.cli.speed import set_threads
 
             set_threads(args.threads)

@@ -145,3 +145,29 @@ def test_train_cli_options_reach_the_config(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--dry-run", "--grid-weights", "mean"])
     assert exit_info.value.code == 2
+
+
+def test_a_default_run_warms_up_its_ema(tmp_path):
+    import numpy as np
+
+    from ddpm.training import checkpoint as ckpt
+    from ddpm.training.trainer import Trainer
+
+    np.savez(tmp_path / "d.npz", images=np.random.default_rng(0).integers(0, 256, (8, 8, 8, 3), dtype=np.uint8))
+    tiny = {"block_out_channels": [8], "down_block_types": ["DownBlock2D"], "up_block_types": ["UpBlock2D"],
+            "layers_per_block": 1, "norm_num_groups": 4}  # fmt: skip
+    states = {}
+    for warmup in (True, False):
+        cfg = resolve_config(
+            data=str(tmp_path / "d.npz"), resolution=8, model=tiny, batch_size=4, max_steps=1, sample_every=0,
+            num_workers=0, output_dir=str(tmp_path / str(warmup)), **({} if warmup else {"ema_warmup": False}),
+        )  # fmt: skip
+        Trainer(cfg, progress=False).run()
+        states[warmup], _ = ckpt.load_latest_checkpoint(tmp_path / str(warmup) / "checkpoints")
+    on, off = states[True], states[False]
+    assert (on["ema"]["warmup"], on["ema"]["power"], on["ema"]["num_updates"]) == (True, 2 / 3, 1)
+    # d_0 = 0: after one update the EMA is the trained weights, exactly; without warm-up it is 99.99 % initialisation
+    for key, value in on["ema"]["params"].items():
+        assert torch.equal(value, on["model"][key]), key
+    assert torch.equal(on["model"]["conv_in.weight"], off["model"]["conv_in.weight"])  # the same update
+    assert not torch.equal(off["ema"]["params"]["conv_in.weight"], off["model"]["conv_in.weight"])

@@ -70,7 +70,10 @@ def test_paper_presets(name, google, params, lr, batch, dropout, variance):
 
 
 def test_defaults_are_the_cifar10_recipe():
-    assert resolve_config("cifar10").to_dict() | {"description": ""} == TrainConfig().validate().to_dict()
+    # ... except the EMA warm-up: on by default (issue #17), off in the paper's presets
+    defaults = TrainConfig().validate().to_dict()
+    assert defaults["ema_warmup"] is True and resolve_config("cifar10").ema_warmup is False
+    assert resolve_config("cifar10").to_dict() | {"description": "", "ema_warmup": True} == defaults
 
 
 def test_presets_live_in_one_folder():

@@ -18,6 +18,7 @@ COMMANDS = {
     "train": "ddpm.cli.train:add_parser",
     "eval": "ddpm.cli.eval:add_parser",
     "analytic-dpm": "ddpm.cli.analytic:add_parser",
+    "export": "ddpm.cli.export:add_parser",
 }
 
 

@@ -38,7 +38,15 @@ def add_parser(subparsers) -> None:
         "--model",
         default=None,
         metavar="FOLDER_OR_HUB_ID",
-        help="pipeline folder (model_index.json, unet/, scheduler/) or Hub id; None: the model bundled with ddpm",
+        help="pipeline folder (model_index.json, unet/, scheduler/) or Hub id, or a training checkpoint file or run "
+        "folder (its newest intact checkpoint); None: the model bundled with ddpm",
+    )
+    p.add_argument(
+        "--weights",
+        default=None,
+        choices=("ema", "raw"),
+        help="with a checkpoint or run folder as --model: its EMA or raw weights; None: ema (a pipeline folder holds "
+        "one set of weights)",
     )
     add_num_samples(p, 16, "number of images to generate (old spelling --num-images, deprecated)")
     p.add_argument("--batch-size", type=count, default=16, metavar="B", help="images per forward pass")
@@ -71,6 +79,7 @@ def _check_args(args: argparse.Namespace) -> None:
 
     if (message := check_speed_arguments(args)) is not None:
         raise _UsageError(message)
+    _check_weights(args)
     out = Path(args.out)
     if out.suffix.lower() not in ("", ".png", ".npz") and not out.is_dir():
         raise _UsageError(f"--out must end in .png or .npz or name a folder, got {args.out}")
@@ -81,6 +90,43 @@ def _check_args(args: argparse.Namespace) -> None:
 
 def _as_folder(out: Path) -> bool:
     return out.suffix == "" or out.is_dir()
+
+
+def _check_weights(args: argparse.Namespace) -> None:
+    if args.weights is None:
+        return
+    from ddpm.training.export import looks_like_checkpoint_source
+
+    if args.model is None or not looks_like_checkpoint_source(args.model):
+        what = "the bundled model" if args.model is None else args.model
+        raise _UsageError(
+            f"--weights {args.weights}: {what} is not a training checkpoint or run folder; a pipeline folder or Hub id "
+            "holds one set of weights (make a pipeline with other weights with ddpm export --weights)"
+        )
+
+
+def _load_pipeline(args: argparse.Namespace, dtype):
+    """The pipeline of ``--model``: a pipeline folder, Hub id or the bundled model, or a training checkpoint's
+    ``--weights`` (:mod:`ddpm.training.export`)."""
+    from ddpm.pipeline import DDPMPipeline, NoBundledModelError
+
+    if args.model is not None:
+        from ddpm.training import export
+
+        if export.looks_like_checkpoint_source(args.model):
+            weights = args.weights or "ema"
+            try:
+                loaded = export.load_training_checkpoint(args.model)
+                pipe = export.pipeline_from_checkpoint(loaded, weights)
+            except export.CheckpointSourceError as err:
+                raise _UsageError(f"--model: {err}") from None
+            if weights == "ema" and (note := export.young_ema_note(loaded.ema_initial_share(), loaded.step)):
+                print(f"ddpm sample: note: {note}", file=sys.stderr)
+            return pipe.to(dtype=dtype)
+    try:
+        return DDPMPipeline.from_pretrained(args.model, dtype=dtype)
+    except NoBundledModelError as err:
+        raise NoBundledModelError(f"{err} (use --model FOLDER_OR_HUB_ID)") from None
 
 
 def _check_sizes(args: argparse.Namespace, pipe, device, as_folder: bool) -> None:
@@ -109,13 +155,10 @@ def _run(args: argparse.Namespace) -> int:
 
     from ddpm import images as ddpm_images
     from ddpm.cli import speed as ddpm_speed
-    from ddpm.pipeline import DDPMPipeline, NoBundledModelError, image_generators
+    from ddpm.pipeline import image_generators
 
     ddpm_speed.set_threads(args.threads)
-    try:
-        pipe = DDPMPipeline.from_pretrained(args.model, dtype=getattr(torch, args.dtype))
-    except NoBundledModelError as err:
-        raise NoBundledModelError(f"{err} (use --model FOLDER_OR_HUB_ID)") from None
+    pipe = _load_pipeline(args, getattr(torch, args.dtype))
     pipe.to(device)
     sampler, steps = setup_sampler(pipe, args)
     speed = ddpm_speed.plan(device, args.channels_last, args.compile)

@@ -52,7 +52,10 @@ _OPTIONS = [
     ("warmup_steps", int, "linear learning-rate warm-up steps"),
     ("lr_schedule", str, "after the warm-up: constant (the paper), or cosine / linear decay to 0 at --max-steps"),
     ("grad_clip", float, "clip the global gradient norm to this (0: no clipping)"),
-    ("ema_decay", float, "decay of the exponential moving average of the weights"),
+    ("ema_decay", float, "decay of the exponential moving average of the weights (its limit, with --ema-warmup)"),
+    ("ema_inv_gamma", float, "EMA warm-up: decay = min(ema_decay, 1 - (1 + step/inv_gamma)^-power)"),
+    ("ema_power", float, "EMA warm-up power (Diffusers' default 2/3; 3/4 reaches the limit sooner)"),
+    ("grid_weights", str, "weights of the sample grids: ema (step-N.png), raw (step-N-raw.png) or both"),
     ("dropout", float, "UNet dropout"),
     ("max_steps", int, "train until this many optimiser steps"),
     ("checkpoint_every", int, "write a checkpoint and re-export pipeline/ every N steps"),
@@ -72,7 +75,7 @@ _OPTIONS = [
 
 def add_parser(subparsers) -> None:
     from ddpm.cli import HelpFormatter
-    from ddpm.training.config import LR_SCHEDULES, PRECISIONS, TrainConfig
+    from ddpm.training.config import GRID_WEIGHTS, LR_SCHEDULES, PRECISIONS, TrainConfig
 
     defaults = TrainConfig()
     p = subparsers.add_parser(
@@ -92,7 +95,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--model-config", action=_Store, default=None, metavar="FILE", help="UNet config.json (Diffusers)")
     p.add_argument("--output-dir", action=_Store, default=defaults.output_dir, help="run folder")
     for dest, typ, text in _OPTIONS:
-        choices = {"precision": PRECISIONS, "lr_schedule": LR_SCHEDULES}
+        choices = {"precision": PRECISIONS, "lr_schedule": LR_SCHEDULES, "grid_weights": GRID_WEIGHTS}
         kwargs = {"choices": choices[dest]} if dest in choices else {}
         p.add_argument(
             "--" + dest.replace("_", "-"), dest=dest, action=_Store, type=typ, default=getattr(defaults, dest),
@@ -113,7 +116,12 @@ def add_parser(subparsers) -> None:
         default=defaults.scheduler["variance_type"],
         help="reverse-process variance; learned_range doubles the output channels and adds L_vlb (hybrid loss)",
     )
-    p.add_argument("--ema-warmup", action=_Bool, default=defaults.ema_warmup, help="Diffusers' EMA warm-up")
+    p.add_argument(
+        "--ema-warmup",
+        action=_Bool,
+        default=defaults.ema_warmup,
+        help="Diffusers' EMA warm-up (off in the paper presets)",
+    )
     p.add_argument(
         "--gradient-checkpointing", action=_Bool, default=defaults.gradient_checkpointing, help="save memory"
     )

@@ -24,6 +24,7 @@ PRESET_DIR = Path(__file__).resolve().parent / "presets"
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 LR_SCHEDULES = ("constant", "cosine", "linear")
+GRID_WEIGHTS = ("ema", "raw", "both")  # which weights the training grids are drawn with
 
 
 class ConfigError(ValueError):
@@ -69,7 +70,8 @@ _UNET_KEYS_FROM_OPTIONS = ("sample_size", "in_channels", "out_channels", "dropou
 
 @dataclass
 class TrainConfig:
-    """Every option of a training run. Defaults are the paper's CIFAR-10 recipe (Ho et al. 2020, App. B)."""
+    """Every option of a training run. Defaults are the paper's CIFAR-10 recipe (Ho et al. 2020, App. B), except the
+    EMA warm-up (on here, off in the paper and its presets)."""
 
     # Data
     data: str | None = None  # image folder, idx file/folder, .npz, fashion-mnist, cifar10[:PATH]
@@ -94,10 +96,13 @@ class TrainConfig:
     warmup_steps: int = 5000  # linear LR warm-up
     lr_schedule: str = "constant"  # after the warm-up: constant (the paper), cosine or linear decay to 0 at max_steps
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
-    ema_decay: float = 0.9999
-    ema_warmup: bool = False  # decay = min(ema_decay, 1 - (1 + step/inv_gamma)^-power), as Diffusers' EMAModel
+    ema_decay: float = 0.9999  # the EMA's decay (its limit, with the warm-up)
+    # Warm-up: decay = min(ema_decay, 1 - (1 + step/inv_gamma)^-power), Diffusers' EMAModel rule and defaults. On by
+    # default (unlike the paper) so that a short run's averaged weights are not its random initialisation; the paper
+    # presets turn it off.
+    ema_warmup: bool = True
     ema_inv_gamma: float = 1.0
-    ema_power: float = 0.75
+    ema_power: float = 2 / 3
     max_steps: int = 800_000
     precision: str = "fp32"  # fp32, bf16 (autocast) or fp16 (autocast + gradient scaler)
     seed: int = 0
@@ -109,6 +114,7 @@ class TrainConfig:
     sample_steps: int = 100  # denoising steps of the grids drawn during training (strided)
     num_samples: int = 16  # images per grid
     sample_seed: int = 0
+    grid_weights: str = "ema"  # weights of the grids: ema, raw, or both (two files per step)
     log_every: int = 10
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     description: str = ""  # free text from a preset
@@ -202,6 +208,7 @@ class TrainConfig:
         need(self.grad_clip >= 0, "grad_clip", ">= 0 (0 disables clipping)")
         need(0.0 <= self.ema_decay < 1.0, "ema_decay", "in [0, 1)")
         need(self.ema_inv_gamma > 0, "ema_inv_gamma", "> 0")
+        need(self.ema_power > 0, "ema_power", "> 0")
         need(self.max_steps >= 1, "max_steps", "a positive integer")
         need(self.precision in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}")
         need(self.checkpoint_every >= 1, "checkpoint_every", "a positive integer")
@@ -209,6 +216,7 @@ class TrainConfig:
         need(self.sample_every >= 0, "sample_every", ">= 0 (0 disables grids during training)")
         need(self.sample_steps >= 1, "sample_steps", "a positive integer")
         need(self.num_samples >= 1, "num_samples", "a positive integer")
+        need(self.grid_weights in GRID_WEIGHTS, "grid_weights", f"one of {', '.join(GRID_WEIGHTS)}")
         need(self.log_every >= 1, "log_every", "a positive integer")
         self.build_scheduler()  # the scheduler owns its vocabularies and checks them
         if not self.model.get("block_out_channels"):

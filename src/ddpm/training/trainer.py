@@ -80,6 +80,9 @@ _RESUME_WARN_KEYS = (
     "snr_gamma",
     "grad_clip",
     "ema_decay",
+    "ema_warmup",
+    "ema_inv_gamma",
+    "ema_power",
     "precision",
     "hflip",
 )
@@ -635,22 +638,35 @@ def _can_fork() -> bool:
 
 
 class _SampleState:
-    """Rank 0's EMA copy of the model, used to export the pipeline folder and to draw sample grids."""
+    """Rank 0's copy of the model, used to export the pipeline folder (EMA weights) and to draw sample grids (the
+    weights of ``grid_weights``: ``step-N.png`` with the EMA, ``step-N-raw.png`` with the raw weights)."""
 
     def __init__(self, trainer: Trainer, model: nn.Module, scheduler, device: torch.device):
         import copy
 
         self.trainer = trainer
+        self.raw = model  # the module the optimiser updates
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
         self.scheduler = scheduler
         self.device = device
+        self._warned_young_ema = False
 
-    def _pipeline(self, ema: EMA):
+    def _pipeline(self, ema: EMA | None, raw: bool = False):
         from ddpm.pipeline import DDPMPipeline
         from ddpm.schedulers import DDPMScheduler
+        from ddpm.training.export import recommended_sampling, young_ema_note
 
-        ema.copy_to(self.model)
-        return DDPMPipeline(self.model, DDPMScheduler.from_config(self.scheduler.config))
+        if raw:
+            self.model.load_state_dict(self.raw.state_dict())
+        else:
+            ema.copy_to(self.model)
+            note = young_ema_note(ema.initial_weight_share(), ema.num_updates)
+            if note and not self._warned_young_ema:
+                logger.warning("note: %s", note)
+                self._warned_young_ema = True
+        pipe = DDPMPipeline(self.model, DDPMScheduler.from_config(self.scheduler.config))
+        pipe.recommended_sampler, pipe.recommended_num_inference_steps = recommended_sampling(self.trainer.cfg)
+        return pipe
 
     def export(self, ema: EMA, folder: Path) -> None:
         try:
@@ -662,17 +678,24 @@ class _SampleState:
 
     @torch.no_grad()
     def sample_grid(self, ema: EMA, path: Path):
+        """Draw the grids of ``grid_weights`` (``path``: the EMA's; ``-raw`` before the suffix: the raw weights');
+        returns the first one drawn."""
         from ddpm import images as ddpm_images
 
         cfg = self.trainer.cfg
-        pipe = self._pipeline(ema)
-        generator = torch.Generator(device="cpu").manual_seed(cfg.sample_seed)
-        steps = min(cfg.sample_steps, self.scheduler.config.num_train_timesteps)
-        out = pipe(
-            batch_size=cfg.num_samples, generator=generator, num_inference_steps=steps, output_type="np", progress=False
-        )
-        ddpm_images.save_grid(out.images, path)
-        return ddpm_images.make_grid(out.images)
+        which = {"ema": [False], "raw": [True], "both": [False, True]}[cfg.grid_weights]
+        grids = []
+        for raw in which:
+            pipe = self._pipeline(ema, raw=raw)
+            generator = torch.Generator(device="cpu").manual_seed(cfg.sample_seed)
+            steps = min(cfg.sample_steps, self.scheduler.config.num_train_timesteps)
+            out = pipe(
+                batch_size=cfg.num_samples, generator=generator, num_inference_steps=steps, output_type="np",
+                progress=False,
+            )  # fmt: skip
+            ddpm_images.save_grid(out.images, path.with_name(f"{path.stem}-raw{path.suffix}") if raw else path)
+            grids.append(ddpm_images.make_grid(out.images))
+        return grids[0]
 
 
 def train(config: TrainConfig, resume: bool = False, **kwargs) -> TrainResult:

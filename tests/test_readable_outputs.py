@@ -244,6 +244,8 @@ def test_rate_distortion_plot_has_axis_labels(tmp_path):
 def test_tick_helpers():
     assert images.linear_ticks(0, 1000) == [0, 200, 400, 600, 800, 1000]
     assert images.linear_ticks(10, 5000, max_ticks=6) == [1000, 2000, 3000, 4000, 5000]
-    assert images.log_ticks(0.0008, 1.2) == [0.001, 0.01, 0.1, 1.0]
+    assert images.log_ticks(0.0008, 1.2) == pytest.approx([1e-3, 2e-3, 5e-3, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1])
+    assert images.log_ticks(1e-6, 20) == pytest.approx([1e-6, 1e-5, 1e-4, 1e-3, 0.01, 0.1, 1, 10])
+    assert images.log_ticks(0.031, 0.034) == pytest.approx([0.031, 0.032, 0.033, 0.034])
     assert images.log_ticks(0.03, 0.09) == pytest.approx([0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09])
     assert [images.tick_label(v) for v in (0, 1000, 0.05, 2.5, 1e-5)] == ["0", "1000", "0.05", "2.5", "1e-5"]

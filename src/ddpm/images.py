@@ -264,7 +264,7 @@ def labelled_grid(
     mode = "L" if c == 1 else "RGB"
     probe = ImageDraw.Draw(Image.new(mode, (1, 1)))
     pitch_x, pitch_y = (w + padding) * k, (h + padding) * k
-    size = max(11, min(22, round(0.2 * min(pitch_x, 110) + 4)))
+    size = max(11, min(20, round(0.12 * pitch_x + 6)))
     margin = max(4, size // 2)
     col_font = _fitting_font(probe, list(col_labels or []), pitch_x - 2, size)
     row_font = font(size)
@@ -276,11 +276,11 @@ def labelled_grid(
     if row_labels or corner:
         texts = [*(row_labels or []), corner or ""]
         band_w = max(text_size(probe, t, row_font)[0] for t in texts) + 2 * margin
-    title_font = font(size + 2)
+    title_font = font(size)
     title_h = text_size(probe, title, title_font)[1] + 2 * margin if title else 0
     width = band_w + grid.shape[1]
     if title:
-        width = max(width, text_size(probe, title, title_font)[0] + 2 * margin)
+        width = max(width, text_size(probe, title, title_font)[0] + 3 * margin)
     height = title_h + header_h + grid.shape[0]
 
     white = 255 if c == 1 else (255, 255, 255)
@@ -329,14 +329,23 @@ def linear_ticks(lo: float, hi: float, max_ticks: int = 6) -> list[float]:
 
 
 def log_ticks(lo: float, hi: float) -> list[float]:
-    """Ticks for a log axis over ``[lo, hi]`` (both > 0): 1, 2, 5 times powers of ten, or every integer multiple
-    of the power of ten when the range is too narrow for three of those."""
+    """Ticks for a log axis over ``[lo, hi]`` (both > 0): 1, 2 and 5 times powers of ten when that gives 3 to 10
+    ticks; powers of ten alone over a wider range; every multiple of the power of ten (then
+    :func:`linear_ticks`) over a narrower one."""
     exponents = range(math.floor(math.log10(lo)) - 1, math.ceil(math.log10(hi)) + 1)
-    for mantissas in ((1,), (1, 2, 5), tuple(range(1, 10))):
-        ticks = [m * 10.0**e for e in exponents for m in mantissas if lo <= m * 10.0**e <= hi]
-        if len(ticks) >= 3 and len(ticks) <= 8:
-            return ticks
-    return ticks or [lo, hi]
+
+    def within(mantissas):
+        return [m * 10.0**e for e in exponents for m in mantissas if lo <= m * 10.0**e <= hi]
+
+    ticks = within((1, 2, 5))
+    if len(ticks) > 10:
+        decades = within((1,))
+        return decades[:: math.ceil(len(decades) / 10)]
+    if len(ticks) < 3:
+        ticks = within(range(1, 10))
+        if len(ticks) < 3:
+            ticks = linear_ticks(lo, hi, max_ticks=5)
+    return ticks
 
 
 def tick_label(value: float) -> str:

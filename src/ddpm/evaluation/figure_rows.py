@@ -52,7 +52,7 @@ def progressive_labels(timesteps: Sequence[int]) -> dict:
     return {
         "col_labels": [str(t) for t in timesteps],
         "corner": "t",
-        "title": "predicted x_0 from x_t, t = T-1 ... 0 (ours); last column: the sample",
+        "title": "predicted x_0 from x_t at each t (ours, 0..T-1); last column: the sample",
     }
 
 
@@ -61,7 +61,7 @@ def shared_latent_labels(timesteps: Sequence[int], num_samples: int) -> dict:
     return {
         "col_labels": ["x_t"] + [f"sample {j + 1}" for j in range(num_samples)],
         "row_labels": [f"t = {t}" for t in timesteps],
-        "title": "samples of p(x_0 | x_t) that share x_t (first column); t ours (0..T-1)",
+        "title": "samples of p(x_0 | x_t) from one shared x_t (first column); t ours, 0..T-1",
     }
 
 
@@ -71,5 +71,5 @@ def interpolation_labels(t: int, lambdas: Sequence[float], indices: Sequence[int
         "col_labels": ["A"] + [f"{float(v):g}" for v in lambdas] + ["B"],
         "row_labels": [f"#{a}, #{b}" for a, b in zip(indices[::2], indices[1::2])],
         "corner": "lambda",
-        "title": f"decoded (1 - lambda) x_t(A) + lambda x_t(B), t = {t} (ours); A, B: the source images",
+        "title": f"(1 - lambda) x_t(A) + lambda x_t(B) at t = {t} (ours), decoded; A, B: the sources",
     }

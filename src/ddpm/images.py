@@ -8,8 +8,10 @@ floats (NCHW tensors or NHWC arrays) or ``uint8`` in ``[0, 255]`` (NHWC arrays).
 Legibility: a grid PNG of small images (a 4 x 4 grid of 28 x 28 images is 122 px wide) is enlarged by an integer
 factor ``scale`` with nearest-neighbour replication, so that each source pixel becomes a ``scale x scale`` block of the
 same value (no interpolation, nothing invented). ``scale="auto"`` picks the smallest factor that makes the long side
-at least :data:`MIN_GRID_SIDE` px; ``scale=1`` keeps the raw pixels. :func:`labelled_grid` adds the figures' column
-and row labels, drawn with PIL's own font (no font file needed).
+at least :data:`MIN_GRID_SIDE` px; ``scale=1`` keeps the raw pixels. :func:`make_grid` keeps ``scale=1`` by default
+(an array for further use); :func:`save_grid` (a picture for a person) defaults to ``"auto"``. :func:`labelled_grid`
+adds the figures' column and row labels, drawn with PIL's own font (no font file needed); the tick and text helpers
+at the end are shared by the PIL plots (the training loss curve, Fig. 5).
 """
 
 from __future__ import annotations

@@ -185,6 +185,13 @@ def test_bad_scale_options_fail_before_any_work(argv, tmp_path, capsys):
     assert not (tmp_path / "x.png").exists()
 
 
+def test_sample_scale_needs_a_png_grid(tmp_path, capsys):
+    for out in ("x.npz", "folder"):
+        assert main(["sample", "--scale", "2", "--out", str(tmp_path / out)]) == 2
+        assert "--scale 2 applies to a .png grid only" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
 def test_progressive_figure_has_its_t_labels(model, tmp_path):
     args = ["eval", "progressive", "--model", str(model), "--num-images", "2", "--every", "4", "--seed", "3"]
     assert main([*args, "--scale", "8", "--no-labels", "--out", str(tmp_path / "plain.png")]) == 0

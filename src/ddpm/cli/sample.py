@@ -79,10 +79,12 @@ def _check_args(args: argparse.Namespace) -> None:
     from ddpm.images import MAX_SCALE, check_scale
 
     try:
-        check_scale(args.scale)
+        scale = check_scale(args.scale)
     except ValueError:
         raise _UsageError(f"--scale must be 'auto' or an integer in 1..{MAX_SCALE}, got {args.scale}") from None
     out = Path(args.out)
+    if scale != "auto" and out.suffix.lower() != ".png":
+        raise _UsageError(f"--scale {args.scale} applies to a .png grid only; --out {args.out} keeps the raw pixels")
     if out.suffix.lower() not in ("", ".png", ".npz") and not out.is_dir():
         raise _UsageError(f"--out must end in .png or .npz or name a folder, got {args.out}")
     if out.suffix.lower() in (".png", ".npz") and out.is_dir():

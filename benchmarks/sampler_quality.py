@@ -240,7 +240,10 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
         x, _ = xy(s, math.exp(y_lo))
         draw.line([x, height - bottom, x, height - bottom + 6], fill=(0, 0, 0))
         draw.text((x, height - bottom + 10), str(s), fill=(0, 0, 0), font=small, anchor="mt")
-    for tick in (5, 10, 20, 30, 50, 100, 200, 300, 500):
+    candidates = (5, 10, 20, 30, 50, 100, 200, 300, 500)
+    if sum(y_lo <= math.log(t) <= y_hi for t in candidates) < 5:  # a narrow range: more ticks, still round
+        candidates = (5, 6, 8, 10, 15, 20, 30, 40, 50, 60, 70, 80, 100, 150, 200, 300, 400, 500)
+    for tick in candidates:
         if y_lo <= math.log(tick) <= y_hi:
             _, y = xy(steps[0], tick)
             draw.line([left - 6, y, left, y], fill=(0, 0, 0))

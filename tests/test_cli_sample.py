@@ -51,9 +51,9 @@ def sample(model, *args):
 
 def test_png_grid(model, tmp_path, capsys):
     out = tmp_path / "grid.png"
-    assert sample(model, "--num-samples", "5", "--batch-size", "2", "--out", str(out)) == 0
+    assert sample(model, "--num-samples", "5", "--batch-size", "2", "--scale", "1", "--out", str(out)) == 0
     grid = Image.open(out)
-    # 5 images -> 3 columns x 2 rows of 8x8 tiles with 2 px padding
+    # 5 images -> 3 columns x 2 rows of 8x8 tiles with 2 px padding (--scale 1: the raw pixels)
     assert grid.size == (3 * 8 + 4 * 2, 2 * 8 + 3 * 2) and grid.mode == "RGB"
     err = capsys.readouterr().err
     assert "wrote" in err and "4 steps" in err  # the model's recommended steps (ddpm.json)

@@ -21,6 +21,7 @@ from ddpm.evaluation.figures import (
 from ddpm.evaluation.generate import image_generators, reverse_process
 
 T = 12
+RAW = ("--scale", "1", "--no-labels")  # the raw grid, whose size and pixels these tests check
 
 
 def _pipeline(variance_type="fixed_small"):
@@ -72,6 +73,7 @@ def test_progressive_generation_ends_at_the_sample(pipe, folder, tmp_path):
                 "3",
                 "--out",
                 str(out),
+                *RAW,
             ]
         )
         == 0
@@ -94,7 +96,9 @@ def test_shared_latent_rows(pipe, folder, tmp_path):
     rows = shared_latent_samples(pipe.unet, pipe.scheduler, timesteps=(0,), num_samples=2, x0=x0)
     assert np.abs(rows[0][1].astype(int) - 128).max() < 8
     out = tmp_path / "shared.png"
-    assert main(["eval", "shared-latent", "--model", str(folder[0]), "--num-samples", "2", "--out", str(out)]) == 0
+    assert (
+        main(["eval", "shared-latent", "--model", str(folder[0]), "--num-samples", "2", "--out", str(out), *RAW]) == 0
+    )
     # default timesteps: the paper's 1000, 750, 500, 250 scaled to T = 12 -> 11, 8, 5, 2; columns x_t + 2 samples
     assert _size(out) == (3 * 8 + 4 * 2, 4 * 8 + 5 * 2)
 
@@ -120,7 +124,7 @@ def test_interpolation_endpoints_are_the_reconstructions(pipe, folder, tmp_path)
     assert all(np.array_equal(same[0], s) for s in same)
     out = tmp_path / "interp.png"
     args = ["eval", "interpolate", "--model", str(folder[0]), "--data", str(folder[1]), "--pairs", "0,1,2,3"]
-    assert main([*args, "--lambdas", "0,0.5,1", "--out", str(out)]) == 0
+    assert main([*args, "--lambdas", "0,0.5,1", "--out", str(out), *RAW]) == 0
     assert _size(out) == (5 * 8 + 6 * 2, 2 * 8 + 3 * 2)  # source, 3 λ, source; two pairs
 
 

@@ -61,6 +61,12 @@ def add_parser(subparsers) -> None:
         help="*.png: one near-square grid; *.npz: uint8 NHWC images under key 'images'; "
         "a folder (or a path without suffix): one PNG per image",
     )
+    p.add_argument(
+        "--scale",
+        default="auto",
+        metavar="N",
+        help="a .png grid enlarged N times (nearest neighbour; 1: raw pixels); auto: long side >= 512 px",
+    )
     p.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
     add_speed_arguments(p)
     p.set_defaults(func=run)
@@ -80,7 +86,15 @@ def _check_args(args: argparse.Namespace) -> None:
     if (message := check_speed_arguments(args)) is not None:
         raise _UsageError(message)
     _check_weights(args)
+    from ddpm.images import MAX_SCALE, check_scale
+
+    try:
+        scale = check_scale(args.scale)
+    except ValueError:
+        raise _UsageError(f"--scale must be 'auto' or an integer in 1..{MAX_SCALE}, got {args.scale}") from None
     out = Path(args.out)
+    if scale != "auto" and out.suffix.lower() != ".png":
+        raise _UsageError(f"--scale {args.scale} applies to a .png grid only; --out {args.out} keeps the raw pixels")
     if out.suffix.lower() not in ("", ".png", ".npz") and not out.is_dir():
         raise _UsageError(f"--out must end in .png or .npz or name a folder, got {args.out}")
     if out.suffix.lower() in (".png", ".npz") and out.is_dir():
@@ -208,7 +222,7 @@ def _run(args: argparse.Namespace) -> int:
     elif not as_folder:
         import numpy as np
 
-        ddpm_images.save_grid(np.concatenate(collected), out, nrow=math.ceil(math.sqrt(n)))
+        ddpm_images.save_grid(np.concatenate(collected), out, nrow=math.ceil(math.sqrt(n)), scale=args.scale)
     what = f"{n} image(s), {sampler} {steps} steps, seed {args.seed}, {device}, {args.dtype}"
     what += f", {speed.describe()}" if speed.describe() else ""
     print(f"wrote {out}{'/' if as_folder else ''} ({what})", file=sys.stderr)

@@ -43,3 +43,33 @@ def interpolation_rows(
         src_a, src_b = (to_uint8(v.permute(0, 2, 3, 1).numpy()) for v in (a, b))
         rows.append(np.concatenate([src_a, mixed, src_b]))
     return rows
+
+
+# The figures' labels, drawn into the PNGs by ``ddpm eval`` (:func:`ddpm.images.labelled_grid`). PIL's bundled font
+# has no Greek letters: λ is spelled "lambda". Timesteps are ours (0..T-1).
+def progressive_labels(timesteps: Sequence[int]) -> dict:
+    """Fig. 6: one column per recorded t (the last column is the sample itself)."""
+    return {
+        "col_labels": [str(t) for t in timesteps],
+        "corner": "t",
+        "title": "predicted x_0 from x_t at each t (ours, 0..T-1); last column: the sample",
+    }
+
+
+def shared_latent_labels(timesteps: Sequence[int], num_samples: int) -> dict:
+    """Fig. 7: rows by t; the first column is x_t, the others samples of p(x_0 | x_t)."""
+    return {
+        "col_labels": ["x_t"] + [f"sample {j + 1}" for j in range(num_samples)],
+        "row_labels": [f"t = {t}" for t in timesteps],
+        "title": "samples of p(x_0 | x_t) from one shared x_t (first column); t ours, 0..T-1",
+    }
+
+
+def interpolation_labels(t: int, lambdas: Sequence[float], indices: Sequence[int]) -> dict:
+    """Fig. 8: source A, one column per lambda, source B; rows by the pair of image indices."""
+    return {
+        "col_labels": ["A"] + [f"{float(v):g}" for v in lambdas] + ["B"],
+        "row_labels": [f"#{a}, #{b}" for a, b in zip(indices[::2], indices[1::2])],
+        "corner": "lambda",
+        "title": f"(1 - lambda) x_t(A) + lambda x_t(B) at t = {t} (ours), decoded; A, B: the sources",
+    }

@@ -48,14 +48,26 @@ def _unet_device(unet) -> torch.device:
     return next(unet.parameters()).device
 
 
-def save_rows(rows: Sequence[np.ndarray], path: str | os.PathLike, padding: int = 2) -> Path:
-    """Write rows of uint8 NHWC images (all rows equally long) as one grid PNG."""
-    from ddpm.images import save_grid
+def save_rows(
+    rows: Sequence[np.ndarray],
+    path: str | os.PathLike,
+    padding: int = 2,
+    scale: int | str = 1,
+    col_labels: Sequence[str] | None = None,
+    row_labels: Sequence[str] | None = None,
+    corner: str | None = None,
+    title: str | None = None,
+) -> Path:
+    """Write rows of uint8 NHWC images (all rows equally long) as one grid PNG, enlarged by ``scale``
+    (nearest neighbour; ``"auto"``: see :func:`ddpm.images.labelled_grid`) and with the given labels drawn around
+    it. With ``scale=1`` and no labels the PNG holds the raw grid."""
+    from ddpm.images import labelled_grid, save_png
 
     rows = [np.asarray(r) for r in rows]
     if len({len(r) for r in rows}) != 1:
         raise ValueError("every row of a figure must hold the same number of images")
-    return save_grid(np.concatenate(rows), path, nrow=len(rows[0]), padding=padding)
+    figure = labelled_grid(rows, col_labels, row_labels, corner=corner, title=title, padding=padding, scale=scale)
+    return save_png(figure, path)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -237,7 +249,8 @@ def write_rate_distortion(rd: dict[str, np.ndarray], prefix: str | os.PathLike) 
 
 
 def plot_rate_distortion(rd: dict[str, np.ndarray], path: str | os.PathLike, size: tuple[int, int] = (960, 320)):
-    """Fig. 5 drawn with PIL: distortion vs reverse steps, rate vs reverse steps, distortion vs rate."""
+    """Fig. 5 drawn with PIL: distortion vs reverse steps, rate vs reverse steps, distortion vs rate; each panel
+    with its tick labels and axis titles."""
     from PIL import Image, ImageDraw
 
     from ddpm.io import atomic_open
@@ -248,29 +261,27 @@ def plot_rate_distortion(rd: dict[str, np.ndarray], path: str | os.PathLike, siz
     panel = width // 3
     steps, rate, dist = (np.asarray(rd[k], np.float64) for k in ("reverse_steps", "rate_bpd", "distortion_rmse"))
     panels = [
-        (steps, dist, "Reverse process steps (T - t + 1)", "Distortion (RMSE [0, 255])"),
-        (steps, rate, "Reverse process steps (T - t + 1)", "Rate (bits/dim)"),
-        (rate, dist, "Rate (bits/dim)", "Distortion (RMSE [0, 255])"),
+        (steps, dist, "reverse steps (T - t + 1)", "distortion (RMSE, [0, 255])"),
+        (steps, rate, "reverse steps (T - t + 1)", "rate (bits/dim)"),
+        (rate, dist, "rate (bits/dim)", "distortion (RMSE, [0, 255])"),
     ]
     for k, (x, y, xlabel, ylabel) in enumerate(panels):
-        _line_plot(draw, (k * panel, 0, panel, height), x, y, xlabel, ylabel)
+        _line_plot(image, draw, (k * panel, 0, panel, height), x, y, xlabel, ylabel)
     with atomic_open(path, "wb") as f:
         image.save(f, format="PNG")
     return Path(path)
 
 
-def _fmt(v: float) -> str:
-    if v == 0 or (abs(v) >= 1 and float(v).is_integer()):
-        return f"{v:.0f}"
-    if abs(v) >= 100 or abs(v) < 0.01:
-        return f"{v:.0f}" if abs(v) >= 100 else f"{v:.1e}"
-    return f"{v:.2f}"
+def _line_plot(image, draw, box, x, y, xlabel, ylabel) -> None:
+    """One panel: a line through (x, y) sorted by x, linear axes from 0 (y) with round ticks, titles on both axes."""
+    from ddpm.images import draw_text, draw_vertical_text, font, linear_ticks, tick_label
 
-
-def _line_plot(draw, box, x, y, xlabel, ylabel) -> None:
     left, top, w, h = box
-    m_left, m_right, m_top, m_bottom = 52, 12, 22, 38
+    tick_font, title_font = font(12), font(13)
+    m_left, m_right, m_top, m_bottom = 74, 16, 14, 50
     x0, y0, x1, y1 = left + m_left, top + m_top, left + w - m_right, top + h - m_bottom
+    draw_text(draw, ((x0 + x1) / 2, top + h - 6), xlabel, title_font, align="center", valign="bottom")
+    draw_vertical_text(image, (left + 14, (y0 + y1) / 2), ylabel, title_font)
     draw.rectangle((x0, y0, x1, y1), outline="black")
     finite = np.isfinite(x) & np.isfinite(y)
     x, y = x[finite], y[finite]
@@ -284,14 +295,17 @@ def _line_plot(draw, box, x, y, xlabel, ylabel) -> None:
     def px(xv, yv):
         return (x0 + (xv - xmin) / (xmax - xmin) * (x1 - x0), y1 - (yv - ymin) / (ymax - ymin) * (y1 - y0))
 
-    for frac in (0, 0.25, 0.5, 0.75, 1):
-        xv, yv = xmin + frac * (xmax - xmin), ymin + frac * (ymax - ymin)
+    for xv in linear_ticks(xmin, xmax, max_ticks=5):
         gx, _ = px(xv, ymin)
-        _, gy = px(xmin, yv)
+        draw.line((gx, y0, gx, y1), fill=(235, 235, 235))
         draw.line((gx, y1, gx, y1 + 4), fill="black")
-        draw.text((gx - 10, y1 + 6), _fmt(xv), fill="black")
+        draw_text(draw, (gx, y1 + 7), tick_label(xv), tick_font, align="center", valign="top")
+    for yv in linear_ticks(ymin, ymax, max_ticks=6):
+        _, gy = px(xmin, yv)
+        draw.line((x0, gy, x1, gy), fill=(235, 235, 235))
         draw.line((x0 - 4, gy, x0, gy), fill="black")
-        draw.text((left + 2, gy - 5), _fmt(yv), fill="black")
+        draw_text(draw, (x0 - 7, gy), tick_label(yv), tick_font, align="right")
+    draw.rectangle((x0, y0, x1, y1), outline="black")
     order = np.argsort(x, kind="stable")
     points = [px(float(a), float(b)) for a, b in zip(x[order], y[order])]
     if len(points) > 1:
@@ -299,5 +313,3 @@ def _line_plot(draw, box, x, y, xlabel, ylabel) -> None:
     else:
         px0, py0 = points[0]
         draw.ellipse((px0 - 2, py0 - 2, px0 + 2, py0 + 2), fill=(31, 119, 180))
-    draw.text((x0, y1 + 22), xlabel, fill="black")
-    draw.text((x0, top + 4), ylabel, fill="black")

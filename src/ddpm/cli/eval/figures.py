@@ -28,6 +28,27 @@ def _check_timesteps(option: str, timesteps, T: int) -> None:
     need(not bad, option, ",".join(map(str, timesteps)), f"timesteps of this model, in [0, {T - 1}]")
 
 
+def _add_picture_options(p) -> None:
+    p.add_argument(
+        "--scale",
+        default="auto",
+        metavar="N",
+        help="enlarge the PNG N times (nearest neighbour; 1: raw pixels); auto: long side >= 512 px, tiles >= 64 px",
+    )
+    p.add_argument("--no-labels", action="store_true", help="no labels (t, lambda, rows, title) around the images")
+
+
+def _picture(args, labels: dict) -> dict:
+    """The keyword arguments of ``save_rows`` for these options: the scale, and the labels unless --no-labels."""
+    from ddpm.images import MAX_SCALE, check_scale
+
+    try:
+        scale = check_scale(args.scale)
+    except ValueError:
+        raise UsageError(f"--scale must be 'auto' or an integer in 1..{MAX_SCALE}, got {args.scale}") from None
+    return {"scale": scale, **({} if args.no_labels else labels)}
+
+
 def add_progressive(sub, name: str) -> None:
     p = sub.add_parser(
         name,
@@ -42,20 +63,23 @@ def add_progressive(sub, name: str) -> None:
     add_num_samples(p, 4, "rows (images)")
     p.add_argument("--every", type=int, default=100, help="reverse steps between columns")
     p.add_argument("--out", default="progressive.png", help="output PNG")
+    _add_picture_options(p)
     p.set_defaults(func=command(name, run_progressive))
 
 
 def run_progressive(args) -> int:
+    from ddpm.evaluation.figure_rows import progressive_labels
     from ddpm.evaluation.figures import progressive_generation, save_rows
 
     need(args.num_samples >= 1, "--num-samples", args.num_samples, ">= 1")
     need(args.every >= 1, "--every", args.every, ">= 1")
     _check_out(args.out)
+    _picture(args, {})
     pipeline = load_model(args)
     frames, timesteps = progressive_generation(
         pipeline, args.num_samples, every=args.every, seed=args.seed, num_inference_steps=args.num_inference_steps
     )
-    save_rows(list(frames), args.out)
+    save_rows(list(frames), args.out, **_picture(args, progressive_labels(timesteps)))
     print(f"wrote {args.out}: {args.num_samples} rows x {len(timesteps)} columns (timesteps {timesteps})")
     return 0
 
@@ -75,11 +99,12 @@ def add_shared_latent(sub, name: str) -> None:
     p.add_argument("--data", default=None, help="encode a real image instead (a data source; see --index)")
     p.add_argument("--index", type=int, default=0, help="which image of --data")
     p.add_argument("--out", default="shared_latent.png", help="output PNG")
+    _add_picture_options(p)
     p.set_defaults(func=command(name, run_shared_latent))
 
 
 def run_shared_latent(args) -> int:
-    from ddpm.evaluation.figure_rows import paper_timesteps, shared_latent_rows
+    from ddpm.evaluation.figure_rows import paper_timesteps, shared_latent_labels, shared_latent_rows
     from ddpm.evaluation.figures import save_rows, shared_latent_samples
     from ddpm.evaluation.nll import to_model_space
     from ddpm.evaluation.sources import model_images
@@ -87,6 +112,7 @@ def run_shared_latent(args) -> int:
     need(args.num_samples >= 1, "--num-samples", args.num_samples, ">= 1")
     need(args.index >= 0, "--index", args.index, ">= 0")
     _check_out(args.out)
+    _picture(args, {})
     pipeline = load_model(args)
     T = pipeline.scheduler.config.num_train_timesteps
     timesteps = args.timesteps or paper_timesteps(T)
@@ -97,7 +123,8 @@ def run_shared_latent(args) -> int:
     rows = shared_latent_samples(
         pipeline.unet, pipeline.scheduler, timesteps, num_samples=args.num_samples, seed=args.seed, x0=x0
     )
-    save_rows(shared_latent_rows(rows), args.out)
+    labels = shared_latent_labels([t for t, _, _ in rows], args.num_samples)
+    save_rows(shared_latent_rows(rows), args.out, **_picture(args, labels))
     print(f"wrote {args.out}: rows for t = {[t for t, _, _ in rows]} (first column x_t)")
     return 0
 
@@ -117,11 +144,17 @@ def add_interpolate(sub, name: str) -> None:
     p.add_argument("--t", type=int, default=None, help="timestep of the mix (ours)")
     p.add_argument("--lambdas", type=float_list, default=None, help="comma-separated λ; default 0, 0.1, ..., 1")
     p.add_argument("--out", default="interpolate.png", help="output PNG")
+    _add_picture_options(p)
     p.set_defaults(func=command(name, run_interpolate))
 
 
 def run_interpolate(args) -> int:
-    from ddpm.evaluation.figure_rows import PAPER_INTERPOLATION_T, interpolation_rows, paper_timesteps
+    from ddpm.evaluation.figure_rows import (
+        PAPER_INTERPOLATION_T,
+        interpolation_labels,
+        interpolation_rows,
+        paper_timesteps,
+    )
     from ddpm.evaluation.figures import PAPER_LAMBDAS, save_rows
     from ddpm.evaluation.sources import model_images
 
@@ -132,15 +165,15 @@ def run_interpolate(args) -> int:
     need(len(indices) >= 2 and len(indices) % 2 == 0, "--pairs", args.pairs, "an even number of indices")
     need(min(indices) >= 0, "--pairs", args.pairs, "indices >= 0")
     _check_out(args.out)
+    _picture(args, {})
     pipeline = load_model(args)
     T = pipeline.scheduler.config.num_train_timesteps
     t = args.t if args.t is not None else paper_timesteps(T, (PAPER_INTERPOLATION_T,))[0]
     _check_timesteps("--t", [t], T)
     images = model_images(args.data, pipeline.unet, indices=indices)
-    rows = interpolation_rows(
-        pipeline.unet, pipeline.scheduler, images, t=t, lambdas=args.lambdas or PAPER_LAMBDAS, seed=args.seed
-    )
-    save_rows(rows, args.out)
+    lambdas = args.lambdas or PAPER_LAMBDAS
+    rows = interpolation_rows(pipeline.unet, pipeline.scheduler, images, t=t, lambdas=lambdas, seed=args.seed)
+    save_rows(rows, args.out, **_picture(args, interpolation_labels(t, lambdas, indices)))
     print(f"wrote {args.out}: {len(rows)} row(s), t = {t}")
     return 0
 

@@ -193,7 +193,8 @@ def test_sample_scale_needs_a_png_grid(tmp_path, capsys):
 
 
 def test_progressive_figure_has_its_t_labels(model, tmp_path):
-    args = ["eval", "progressive", "--model", str(model), "--num-images", "2", "--every", "4", "--seed", "3"]
+    args = ["eval", "progressive", "--model", str(model), "--num-samples", "2", "--every", "4", "--seed", "3"]
+    args += ["--num-inference-steps", "12"]  # the full chain (the default is the model's recommendation)
     assert main([*args, "--scale", "8", "--no-labels", "--out", str(tmp_path / "plain.png")]) == 0
     assert main([*args, "--scale", "8", "--out", str(tmp_path / "fig.png")]) == 0
     plain, fig = _png(tmp_path / "plain.png"), _png(tmp_path / "fig.png")

@@ -78,6 +78,12 @@ def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return tensor
 
 
+def all_reduce_max(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    if info.distributed:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor
+
+
 def all_gather_objects(obj, info: DistInfo) -> list:
     if not info.distributed:
         return [obj]
@@ -94,6 +100,14 @@ def broadcast_object(obj, info: DistInfo, src: int = 0):
     return box[0]
 
 
-def shutdown(info: DistInfo) -> None:
+def shutdown(info: DistInfo, wait_for_peers: bool = True) -> None:
+    """Leave the process group. After a normal end (``wait_for_peers``) every process first waits for the others, so
+    none tears its connections down while a peer still uses them (gloo aborts the peer then); after an error there is
+    no barrier, since the others may never arrive."""
     if info.initialised_here and dist.is_initialized():
+        if wait_for_peers:
+            try:
+                barrier(info)
+            except RuntimeError:  # pragma: no cover - a peer already gone; leaving is all that is left
+                pass
         dist.destroy_process_group()

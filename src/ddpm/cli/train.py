@@ -215,8 +215,14 @@ def _config_from_checkpoint(run: Path):
     return TrainConfig.from_dict(json.loads(payload["config"]), source=str(path))
 
 
-# TrainConfig field -> the option that sets it, for error lines (the rest are --field-name)
-_FIELD_OPTIONS = {"sample_steps": "--num-inference-steps", "model": "--model-config", "num_train_timesteps": "--config"}
+# TrainConfig field -> the option that sets it, for error lines; fields without an option are named as keys of --config
+_FIELD_OPTIONS = {
+    "sample_steps": "--num-inference-steps",
+    "model": "--model-config",
+    "output_dir": "--output-dir",
+    **{dest: "--" + dest.replace("_", "-") for dest, _, _ in _OPTIONS},
+    **{dest: "--" + dest.replace("_", "-") for dest in ("hflip", "ema_warmup", "gradient_checkpointing", "compile")},
+}
 
 
 def _config_error(err) -> str:
@@ -224,7 +230,7 @@ def _config_error(err) -> str:
     key = getattr(err, "key", None)
     if key is None:
         return f"ddpm train: error: {err}"
-    option = _FIELD_OPTIONS.get(key, "--" + key.replace("_", "-"))
+    option = _FIELD_OPTIONS.get(key, f"--config ({key})")
     text = str(err)
     detail = text.split(": ", 1)[1] if text.startswith("invalid ") and ": " in text else text
     if err.allowed is None:

@@ -682,9 +682,13 @@ class Trainer:
         path = loop.last_checkpoint
         if loop.saved_step != state.step and state.step > 0:
             path = self._save(state, loop)
+            where = f"saved {path}"
+        elif path is not None:
+            where = f"{path} already holds this step"
+        else:
+            where = "nothing was trained yet, so nothing was saved"
         name = signal.Signals(signum).name
         command = resume_command(self.out, info.world_size)
-        where = f"saved {path}" if path is not None else "nothing was trained yet, so nothing was saved"
         raise TrainingInterrupted(
             f"stopped by {name} at step {state.step} ({where}); continue with: {command}",
             signum, state.step, path, command,

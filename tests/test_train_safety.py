@@ -187,6 +187,53 @@ def test_sigint_in_process_stops_at_a_step_boundary_with_exit_code_130(tmp_path,
     assert captured.out.strip().endswith(f"ddpm train --output-dir {out} --resume")
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
+def test_sigterm_to_torchrun_stops_every_rank_at_one_step_and_resumes(tmp_path):
+    from test_train_distributed import _free_port
+
+    data = _npz(tmp_path / "data.npz", n=20)
+    unet = tmp_path / "unet.json"
+    unet.write_text(json.dumps(TINY_UNET))
+    options = dict(batch_size=8, max_steps=30, checkpoint_every=1000, warmup_steps=2, dropout=0.0, lr=1e-3)
+    Trainer(_cfg(data, tmp_path / "single", **options), progress=False).run()
+    args = [
+        "--data", str(data), "--resolution", "8", "--model-config", str(unet), "--batch-size", "8", "--max-steps", "30",
+        "--checkpoint-every", "1000", "--warmup-steps", "2", "--dropout", "0", "--lr", "1e-3", "--sample-every", "0",
+        "--log-every", "2", "--num-workers", "0", "--no-progress", "--output-dir", str(tmp_path / "ddp"),
+    ]  # fmt: skip
+
+    def torchrun(extra):
+        launcher = ["-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2"]
+        port = ["--master_addr", "127.0.0.1", "--master_port", str(_free_port())]
+        cmd = [sys.executable, *launcher, *port, "-m", "ddpm", "train", *extra]
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    stopped = torchrun(args)
+    metrics = tmp_path / "ddp" / "metrics.jsonl"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and stopped.poll() is None:
+        if metrics.is_file() and len(metrics.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.05)
+    stopped.send_signal(signal.SIGTERM)  # torchrun passes it on to both workers
+    out, err = stopped.communicate(timeout=180)
+    assert stopped.returncode != 0
+    step = ckpt.list_checkpoints(tmp_path / "ddp" / "checkpoints")[0][0]
+    assert 4 <= step < 30 and step % 2 == 0, err.decode()[-3000:]  # both ranks stopped at one log boundary
+    assert err.decode().count(f"stopped by SIGTERM at step {step}") == 1  # one line, from rank 0
+    assert f"torchrun --nproc_per_node 2 -m ddpm train --output-dir {tmp_path / 'ddp'} --resume" in out.decode()
+
+    resumed = torchrun(["--output-dir", str(tmp_path / "ddp"), "--resume", "--no-progress"])
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err.decode()[-3000:]
+    single, ddp = _final(tmp_path / "single"), _final(tmp_path / "ddp")
+    assert ddp["step"] == single["step"] == 30
+    for key in (k for k in single["model"] if not k.endswith("to_k.bias")):  # see test_train_distributed.py
+        torch.testing.assert_close(ddp["model"][key], single["model"][key], rtol=1e-4, atol=1e-5, msg=key)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # 3. One run per folder
 # ---------------------------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -269,8 +270,9 @@ def run(args) -> int:
         print(f"ddpm train: error: {err}", file=sys.stderr)
         return 2
     except TrainingInterrupted as err:
-        print(f"ddpm train: {err}", file=sys.stderr)
-        print(err.resume_command)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun: once, from rank 0
+            print(f"ddpm train: {err}", file=sys.stderr)
+            print(err.resume_command)
         return err.exit_code
     except (TrainingError, CheckpointError) as err:
         print(f"ddpm train: {err}", file=sys.stderr)

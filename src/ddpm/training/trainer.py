@@ -32,6 +32,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import random
 import shlex
 import signal
@@ -682,7 +683,7 @@ class Trainer:
         path = loop.last_checkpoint
         if loop.saved_step != state.step and state.step > 0:
             path = self._save(state, loop)
-            where = f"saved {path}"
+            where = f"saved {path}" if info.is_main else "saved by rank 0"
         elif path is not None:
             where = f"{path} already holds this step"
         else:
@@ -897,12 +898,13 @@ class _StopSignals:
     def _handle(self, signum, frame) -> None:
         if self.received is None:
             self.received = signum
-            print(
-                f"ddpm train: {signal.Signals(signum).name} received: saving a checkpoint at the end of this step "
-                "(send it again to stop at once, without saving)",
-                file=sys.stderr,
-                flush=True,
-            )
+            if os.environ.get("RANK", "0") == "0":  # under torchrun every process gets the signal: one line
+                print(
+                    f"ddpm train: {signal.Signals(signum).name} received: saving a checkpoint at the end of this step "
+                    "(send it again to stop at once, without saving)",
+                    file=sys.stderr,
+                    flush=True,
+                )
         signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
 
     def __exit__(self, *exc) -> None:

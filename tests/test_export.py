@@ -29,6 +29,11 @@ TINY_UNET = {
     "norm_num_groups": 4,
 }
 ROOT = Path(__file__).resolve().parents[1]
+RECOMMENDED = {
+    "sampler": "ddim",
+    "num_inference_steps": 50,
+    "num_inference_steps_by_sampler": {"ddim": 50, "dpm-solver++": 25},
+}
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +86,7 @@ def test_grids_of_both_weights_and_the_young_ema_note(run):
     notes = [m for m in messages if "random initial weights" in m]
     assert len(notes) == 1 and "81%" in notes[0] and "--grid-weights raw|both" in notes[0]
     # the training export recommends DDIM at 50 steps (measured better than DDPM at 100 on the bundled model)
-    assert json.loads((folder / "pipeline/ddpm.json").read_text()) == {"num_inference_steps": 50, "sampler": "ddim"}
+    assert json.loads((folder / "pipeline/ddpm.json").read_text()) == RECOMMENDED
 
 
 def test_export_ema_and_raw_hold_the_checkpoint_weights(run, tmp_path, capsys):
@@ -95,7 +100,7 @@ def test_export_ema_and_raw_hold_the_checkpoint_weights(run, tmp_path, capsys):
         assert code == 0, err
         assert f"{weights} weights of step 4 from {newest}" in err
         assert sorted(p.name for p in out.iterdir()) == ["ddpm.json", "model_index.json", "scheduler", "unet"]
-        assert json.loads((out / "ddpm.json").read_text()) == {"num_inference_steps": 50, "sampler": "ddim"}
+        assert json.loads((out / "ddpm.json").read_text()) == RECOMMENDED
         pipes[weights] = DDPMPipeline.from_pretrained(out)
         assert pipes[weights].default_sampler() == "ddim" and pipes[weights].default_steps() == 50
     expected = {"ema": state["ema"]["params"], "raw": state["model"]}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -78,6 +79,12 @@ def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return tensor
 
 
+def all_reduce_max(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    if info.distributed:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor
+
+
 def all_gather_objects(obj, info: DistInfo) -> list:
     if not info.distributed:
         return [obj]
@@ -94,6 +101,31 @@ def broadcast_object(obj, info: DistInfo, src: int = 0):
     return box[0]
 
 
-def shutdown(info: DistInfo) -> None:
+def shutdown(info: DistInfo, wait_for_peers: bool = False) -> None:
+    """Leave the process group. With ``wait_for_peers`` (pass it after a normal end) see :func:`_wait_for_peers`;
+    after an error leave it off, since the others may never arrive."""
     if info.initialised_here and dist.is_initialized():
+        if wait_for_peers:
+            _wait_for_peers(info)
         dist.destroy_process_group()
+
+
+_LEFT_KEY = "ddpm/finished-collectives"
+
+
+def _wait_for_peers(info: DistInfo, timeout_s: float = 120.0) -> None:
+    """Wait until every process has finished its last collective before any of them tears its connections down.
+
+    A barrier alone is not enough: the process that completes it first may close its gloo pairs while a peer is still
+    reading the barrier's last message, and gloo aborts that peer (SIGABRT; pytorch/gloo#155). So after the barrier
+    each process counts itself in the group's key-value store (not a gloo message) and leaves only when all have.
+    Best effort: a store that is gone (a peer already left) ends the wait."""
+    try:
+        barrier(info)
+        store = dist.distributed_c10d._get_default_store()
+        store.add(_LEFT_KEY, 1)
+        deadline = time.monotonic() + timeout_s
+        while store.add(_LEFT_KEY, 0) < info.world_size and time.monotonic() < deadline:
+            time.sleep(0.005)
+    except (RuntimeError, AttributeError, ValueError):  # pragma: no cover - a peer or the store already gone
+        pass

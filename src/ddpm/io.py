@@ -81,6 +81,26 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         raise
 
 
+#: The names :func:`atomic_open` gives its temporary files: ``.<target name>.<random>.tmp`` beside the target.
+TEMPORARY_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]+\.tmp$")
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, recursive: bool = True) -> list[Path]:
+    """Remove the temporary files :func:`atomic_open` leaves when its process is killed between creating and renaming
+    one (only names it makes, ``.<name>.<random>.tmp``); returns the removed paths. Call it only while no other
+    process writes into ``folder`` (e.g. under a run folder's lock)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for path in folder.rglob("*.tmp") if recursive else folder.glob("*.tmp"):
+        if TEMPORARY_NAME.match(path.name) and path.is_file() and not path.is_symlink():
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed.append(path)
+    return sorted(removed)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_open(path, "wb") as f:
         f.write(data)

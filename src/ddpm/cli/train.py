@@ -3,13 +3,19 @@
 Precedence of the settings, lowest first: built-in defaults (the paper's CIFAR-10 recipe), ``--config`` (a preset),
 ``--model-config`` (a UNet config.json), then the options given on the command line. With ``--resume`` the run's own
 ``<output-dir>/config.json`` takes the place of the defaults, so ``ddpm train --output-dir RUN --resume`` continues a
-run with nothing else repeated.
+run with nothing else repeated (if config.json was deleted, the newest checkpoint's copy is used).
+
+Bad values are refused before anything starts, in one line ``ddpm train: error: --option: ...; allowed: ...`` with exit
+code 2. SIGINT / SIGTERM save a checkpoint of the current step, print the command that continues the run and exit with
+130 / 143. Old spellings ``--sample-steps`` and ``--quiet`` still work, with a notice.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -42,6 +48,30 @@ class _Bool(_Explicit, argparse.BooleanOptionalAction):
     pass
 
 
+class _DeprecatedFlag(argparse.Action):
+    """An older spelling of a flag (no value), with a one-line notice on stderr."""
+
+    def __init__(self, option_strings, dest, new_name: str = "", **kwargs):
+        self.new_name = new_name
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"{parser.prog}: warning: {option_string} is deprecated; use {self.new_name}", file=sys.stderr)
+        setattr(namespace, self.dest, True)
+
+
+class _Deprecated(_Store):
+    """An older spelling: stores into the new option's destination, with a one-line notice on stderr."""
+
+    def __init__(self, option_strings, dest, new_name: str = "", **kwargs):
+        self.new_name = new_name
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"{parser.prog}: warning: {option_string} is deprecated; use {self.new_name}", file=sys.stderr)
+        super().__call__(parser, namespace, values, option_string)
+
+
 # dest -> (flag, type, help); defaults come from TrainConfig so --help shows the real ones.
 _OPTIONS = [
     ("data", str, "training images: an image folder, an idx file/folder, an .npz, fashion-mnist, cifar10[:PATH]"),
@@ -60,7 +90,6 @@ _OPTIONS = [
     ("max_steps", int, "train until this many optimiser steps"),
     ("checkpoint_every", int, "write a checkpoint and re-export pipeline/ every N steps"),
     ("sample_every", int, "write a sample grid every N steps (0: never)"),
-    ("sample_steps", int, "denoising steps of the sample grids (strided; 1000 = full chain)"),
     ("num_samples", int, "images per sample grid"),
     ("keep_checkpoints", int, "how many newest checkpoints to keep"),
     ("seed", int, "seed of the weights, noise, timesteps, flips and data order"),
@@ -70,7 +99,10 @@ _OPTIONS = [
     ("device", str, "auto, cpu, cuda or cuda:N (under torchrun: the local rank's GPU)"),
     ("vlb_weight", float, "lambda of the hybrid loss L_simple + lambda*L_vlb (learned variance only)"),
     ("snr_gamma", float, "Min-SNR-gamma loss weighting (Hang et al. 2023), e.g. 5; 0: unweighted L_simple (the paper)"),
+    ("threads", int, "CPU threads of this process (1 .. 4 x the CPU count; 0: PyTorch's default); recorded for resume"),
 ]
+# options stored elsewhere than under their own name: dest -> TrainConfig field
+_RENAMED = {"num_inference_steps": "sample_steps"}
 
 
 def add_parser(subparsers) -> None:
@@ -101,6 +133,14 @@ def add_parser(subparsers) -> None:
             "--" + dest.replace("_", "-"), dest=dest, action=_Store, type=typ, default=getattr(defaults, dest),
             help=text, **kwargs,
         )  # fmt: skip
+    p.add_argument(
+        "--num-inference-steps", dest="num_inference_steps", action=_Store, type=int, default=defaults.sample_steps,
+        metavar="N", help="denoising steps of the sample grids drawn during training (strided; 1000 = full chain)",
+    )  # fmt: skip
+    p.add_argument(
+        "--sample-steps", dest="num_inference_steps", action=_Deprecated, type=int, new_name="--num-inference-steps",
+        help=argparse.SUPPRESS,
+    )  # fmt: skip
     p.add_argument("--hflip", action=_Bool, default=defaults.hflip, help="random horizontal flips")
     p.add_argument(
         "--prediction-type",
@@ -131,7 +171,10 @@ def add_parser(subparsers) -> None:
     )  # fmt: skip
     p.add_argument("--resume", action="store_true", help="continue from the newest intact checkpoint in --output-dir")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config as JSON and exit")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", dest="no_progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--quiet", dest="no_progress", action=_DeprecatedFlag, nargs=0, new_name="--no-progress", help=argparse.SUPPRESS
+    )
     p.set_defaults(func=run)
 
 
@@ -140,6 +183,9 @@ def resolve_from_args(args):
 
     given = set(getattr(args, "_explicit", set()))
     overrides = {dest: getattr(args, dest) for dest, _, _ in _OPTIONS if dest in given}
+    for dest, field_name in _RENAMED.items():
+        if dest in given:
+            overrides[field_name] = getattr(args, dest)
     for dest in ("hflip", "ema_warmup", "gradient_checkpointing", "compile"):
         if dest in given:
             overrides[dest] = getattr(args, dest)
@@ -153,6 +199,8 @@ def resolve_from_args(args):
     saved = Path(args.output_dir) / "config.json"
     if args.resume and saved.is_file():
         base = TrainConfig.from_dict(load_json_object(saved, "run config"), source=str(saved))
+    elif args.resume:
+        base = _config_from_checkpoint(Path(args.output_dir))
     cfg = resolve_config(preset=args.config, model_config=args.model_config, base=base, **overrides)
     if scheduler:
         cfg.scheduler.update(scheduler)
@@ -160,26 +208,109 @@ def resolve_from_args(args):
     return cfg
 
 
+def _config_from_checkpoint(run: Path):
+    """The run's config from its newest intact checkpoint (config.json was deleted), or None without checkpoints."""
+    from ddpm.training import checkpoint as ckpt
+    from ddpm.training.config import ConfigError, TrainConfig
+
+    try:
+        found = ckpt.load_latest_checkpoint(run / "checkpoints")
+    except ckpt.CheckpointError as err:
+        raise ConfigError(f"--resume: {run / 'config.json'} is missing and {err}") from None
+    if found is None:
+        return None
+    payload, path = found
+    print(f"ddpm train: {run / 'config.json'} is missing; using the config stored in {path}", file=sys.stderr)
+    return TrainConfig.from_dict(json.loads(payload["config"]), source=str(path))
+
+
+# TrainConfig field -> the option that sets it, for error lines; fields without an option are named as keys of --config
+_FIELD_OPTIONS = {
+    "sample_steps": "--num-inference-steps",
+    "model": "--model-config",
+    "output_dir": "--output-dir",
+    **{dest: "--" + dest.replace("_", "-") for dest, _, _ in _OPTIONS},
+    **{dest: "--" + dest.replace("_", "-") for dest in ("hflip", "ema_warmup", "gradient_checkpointing", "compile")},
+}
+
+
+def _config_error(err) -> str:
+    """``ddpm train: error: --option: what was wrong; allowed: ...`` for a ConfigError naming one option."""
+    key = getattr(err, "key", None)
+    if key is None:
+        return f"ddpm train: error: {err}"
+    option = _FIELD_OPTIONS.get(key, f"--config ({key})")
+    text = str(err)
+    detail = text.split(": ", 1)[1] if text.startswith("invalid ") and ": " in text else text
+    if err.allowed is None:
+        return f"ddpm train: error: {option}: {detail}"
+    if detail.startswith("must be"):
+        detail = "invalid value"
+    value = f"{err.value!r}: " if err.value is not None and not text.startswith("model:") else ""
+    return f"ddpm train: error: {option}: {value}{detail}; allowed: {err.allowed}"
+
+
+def _default_threads(cfg, args) -> None:
+    """A new run without ``--threads`` takes the cores other processes leave idle (:mod:`ddpm.threads`; torch's
+    one-per-core default ran 25-30x slower beside one busy process on 2 cores). The count goes into the run's config,
+    so ``--resume`` uses it again and stays exact. Left alone: resumed runs (they keep what they started with),
+    torchrun (its processes share the machine by design) and ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS``."""
+    import os
+
+    if cfg.threads or args.resume or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return
+    if os.environ.get("OMP_NUM_THREADS") or os.environ.get("MKL_NUM_THREADS"):
+        return
+    if str(cfg.device).startswith(("cuda", "mps")):
+        return
+    import torch
+
+    if cfg.device == "auto" and torch.cuda.is_available():
+        return
+    from ddpm.threads import auto_threads, usable_cores
+
+    cfg.threads = auto_threads()
+    if cfg.threads < usable_cores():
+        print(
+            f"ddpm train: {cfg.threads} CPU thread(s): other processes keep the other cores busy "
+            "(--threads N to choose)",
+            file=sys.stderr,
+        )
+
+
 def run(args) -> int:
     from ddpm.data import DataError
+    from ddpm.training import run_folder
     from ddpm.training.checkpoint import CheckpointError
     from ddpm.training.config import ConfigError
-    from ddpm.training.trainer import Trainer, TrainingError
+    from ddpm.training.trainer import Trainer, TrainingError, TrainingInterrupted
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         cfg = resolve_from_args(args)
+        if not args.dry_run:
+            run_folder.check_output_dir(cfg.output_dir)
+            run_folder.check_device(cfg.device)
     except ConfigError as err:
-        print(f"ddpm train: {err}", file=sys.stderr)
+        print(_config_error(err), file=sys.stderr)
         return 2
     if args.dry_run:
         sys.stdout.write(cfg.to_json())
         return 0
+    _default_threads(cfg, args)
     try:
-        result = Trainer(cfg, resume=args.resume, progress=False if args.quiet else None).run()
-    except (DataError, ConfigError) as err:
-        print(f"ddpm train: {err}", file=sys.stderr)
+        result = Trainer(cfg, resume=args.resume, progress=False if args.no_progress else None).run()
+    except ConfigError as err:
+        print(_config_error(err), file=sys.stderr)
         return 2
+    except (DataError, run_folder.RunFolderLockedError) as err:
+        print(f"ddpm train: error: {err}", file=sys.stderr)
+        return 2
+    except TrainingInterrupted as err:
+        if os.environ.get("RANK", "0") == "0":  # under torchrun: once, from rank 0
+            print(f"ddpm train: {err}", file=sys.stderr)
+            print(err.resume_command)
+        return err.exit_code
     except (TrainingError, CheckpointError) as err:
         print(f"ddpm train: {err}", file=sys.stderr)
         return 1

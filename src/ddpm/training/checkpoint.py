@@ -12,6 +12,8 @@ Schema (the payload, a dict; ``CHECKPOINT_FORMAT`` / ``CHECKPOINT_VERSION``)::
     lr_schedule         kind ("linear_warmup_<schedule>"), lr, warmup_steps, max_steps (for reading; the config rules)
     data_order          DataOrder.state_dict(step): seed, size, batch_size, step, epoch, index
     rng                 world_size and ranks: one capture_rng_state() per process, rank order
+    environment         (optional) what bit-exactness depends on beside the config: threads, torch version,
+                        device type, data identity (ddpm.training.run_folder.environment); compared on resume
 
 File format (``checkpoint-<step>.pt``)::
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,14 @@ GRID_WEIGHTS = ("ema", "raw", "both")  # which weights the training grids are dr
 
 
 class ConfigError(ValueError):
-    """An invalid option or preset; the message names the key, the value and what is allowed."""
+    """An invalid option or preset; the message names the key, the value and what is allowed.
+
+    ``key`` (a :class:`TrainConfig` field name, or None), ``value`` and ``allowed`` are set when one option is at
+    fault, so a command line can name its own option (``--lr``) instead of the field."""
+
+    def __init__(self, message: str, key: str | None = None, value: Any = None, allowed: str | None = None):
+        super().__init__(message)
+        self.key, self.value, self.allowed = key, value, allowed
 
 
 def cifar10_unet() -> dict[str, Any]:
@@ -118,6 +126,7 @@ class TrainConfig:
     log_every: int = 10
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     description: str = ""  # free text from a preset
+    threads: int = 0  # CPU threads of this process (torch.set_num_threads); 0: PyTorch's default
 
     # -- derived -------------------------------------------------------------------------------------------------
     @property
@@ -193,35 +202,114 @@ class TrainConfig:
 
         def need(ok: bool, key: str, allowed: str) -> None:
             if not ok:
-                raise ConfigError(f"invalid {key}={getattr(self, key)!r}: must be {allowed}")
+                value = getattr(self, key)
+                raise ConfigError(f"invalid {key}={value!r}: must be {allowed}", key, value, allowed)
 
-        need(self.resolution >= 1, "resolution", "a positive integer")
+        def number(key: str, low: float, high: float, allowed: str, low_open=False, high_open=False) -> None:
+            value = getattr(self, key)
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            ok = ok and (low < value if low_open else low <= value) and (value < high if high_open else value <= high)
+            need(ok, key, allowed)
+
+        def integer(key: str, low: int, high: int, allowed: str) -> None:
+            value = getattr(self, key)
+            need(isinstance(value, int) and not isinstance(value, bool) and low <= value <= high, key, allowed)
+
+        integer("resolution", 1, MAX_RESOLUTION, f"an integer in [1, {MAX_RESOLUTION}]")
         need(self.channels in (1, 3), "channels", "1 or 3")
-        need(self.num_workers >= 0, "num_workers", ">= 0")
-        need(0.0 <= self.dropout < 1.0, "dropout", "in [0, 1)")
-        need(self.vlb_weight >= 0, "vlb_weight", ">= 0")
-        need(self.snr_gamma >= 0, "snr_gamma", ">= 0 (0: unweighted L_simple, as the paper)")
-        need(self.batch_size >= 1, "batch_size", "a positive integer")
-        need(self.lr > 0, "lr", "> 0")
-        need(self.warmup_steps >= 0, "warmup_steps", ">= 0")
+        integer("num_workers", 0, 1024, "an integer in [0, 1024]")
+        number("dropout", 0.0, 1.0, "a number in [0, 1)", high_open=True)
+        number("vlb_weight", 0.0, math.inf, "a finite number >= 0", high_open=True)
+        number("snr_gamma", 0.0, math.inf, ">= 0 (0: unweighted L_simple, as the paper)", high_open=True)
+        integer("batch_size", 1, 2**31 - 1, "a positive integer")
+        number("lr", 0.0, 1.0, "a finite number in (0, 1]", low_open=True)
+        number("adam_beta1", 0.0, 1.0, "a number in [0, 1)", high_open=True)
+        number("adam_beta2", 0.0, 1.0, "a number in [0, 1)", high_open=True)
+        number("adam_eps", 0.0, 1.0, "a finite number in (0, 1]", low_open=True)
+        integer("warmup_steps", 0, 2**62, "an integer >= 0")
         need(self.lr_schedule in LR_SCHEDULES, "lr_schedule", f"one of {', '.join(LR_SCHEDULES)}")
-        need(self.grad_clip >= 0, "grad_clip", ">= 0 (0 disables clipping)")
-        need(0.0 <= self.ema_decay < 1.0, "ema_decay", "in [0, 1)")
-        need(self.ema_inv_gamma > 0, "ema_inv_gamma", "> 0")
-        need(self.ema_power > 0, "ema_power", "> 0")
-        need(self.max_steps >= 1, "max_steps", "a positive integer")
+        number("grad_clip", 0.0, math.inf, "a finite number >= 0 (0 disables clipping)", high_open=True)
+        number("ema_decay", 0.0, 1.0, "in [0, 1)", high_open=True)
+        number("ema_inv_gamma", 0.0, math.inf, "a finite number > 0", low_open=True, high_open=True)
+        number("ema_power", 0.0, math.inf, "a finite number > 0", low_open=True, high_open=True)
+        integer("max_steps", 1, 2**62, "a positive integer")
         need(self.precision in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}")
-        need(self.checkpoint_every >= 1, "checkpoint_every", "a positive integer")
-        need(self.keep_checkpoints >= 1, "keep_checkpoints", "a positive integer")
-        need(self.sample_every >= 0, "sample_every", ">= 0 (0 disables grids during training)")
-        need(self.sample_steps >= 1, "sample_steps", "a positive integer")
-        need(self.num_samples >= 1, "num_samples", "a positive integer")
+        integer("seed", 0, MAX_SEED, "an integer in [0, 2**62]")
+        integer("sample_seed", 0, MAX_SEED, "an integer in [0, 2**62]")
+        integer("checkpoint_every", 1, 2**62, "a positive integer")
+        integer("keep_checkpoints", 1, 2**31, "a positive integer")
+        integer("sample_every", 0, 2**62, ">= 0 (0 disables grids during training)")
+        integer("sample_steps", 1, 2**31, "a positive integer")
+        integer("num_samples", 1, MAX_NUM_SAMPLES, f"an integer in [1, {MAX_NUM_SAMPLES}]")
         need(self.grid_weights in GRID_WEIGHTS, "grid_weights", f"one of {', '.join(GRID_WEIGHTS)}")
-        need(self.log_every >= 1, "log_every", "a positive integer")
+        integer("log_every", 1, 2**62, "a positive integer")
+        max_threads = max_threads_allowed()
+        integer("threads", 0, max_threads, f"an integer in [0, {max_threads}] (0: PyTorch's default; at most 4 x "
+                "the CPU count)")  # fmt: skip
+        need(_device_name_ok(self.device), "device", "auto, cpu, cuda, cuda:N or mps")
+        steps = self.scheduler.get("num_train_timesteps", 1000)
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_TRAIN_TIMESTEPS:
+            allowed = f"an integer in [1, {MAX_TRAIN_TIMESTEPS}]"
+            raise ConfigError(
+                f"invalid scheduler num_train_timesteps={steps!r}: must be {allowed}", "num_train_timesteps", steps,
+                allowed,
+            )  # fmt: skip
         self.build_scheduler()  # the scheduler owns its vocabularies and checks them
         if not self.model.get("block_out_channels"):
-            raise ConfigError("model: a UNet2DModel config needs 'block_out_channels'")
+            raise ConfigError("model: a UNet2DModel config needs 'block_out_channels'", "model")
+        self._check_model()
         return self
+
+    def downsampling(self) -> int:
+        """The UNet's total downsampling factor: every level but the last halves the image (as in Diffusers)."""
+        return 2 ** (len(self.model["block_out_channels"]) - 1)
+
+    def _check_model(self) -> None:
+        """Build the UNet on the meta device (no memory, no arithmetic) so that a config that cannot work is refused
+        before the run starts: a ConfigError naming the model key or the resolution."""
+        import torch
+
+        from ddpm.models import UNet2DModel
+
+        blocks = self.model.get("block_out_channels")
+        if not isinstance(blocks, (list, tuple)) or not all(isinstance(c, int) and c > 0 for c in blocks):
+            raise ConfigError(
+                f"model: block_out_channels={blocks!r} must be a list of positive integers", "model", blocks,
+                "a list of positive integers",
+            )  # fmt: skip
+        factor = self.downsampling()
+        if self.resolution % factor:
+            allowed = f"a multiple of {factor}, the UNet's total downsampling ({len(blocks)} levels)"
+            raise ConfigError(
+                f"invalid resolution={self.resolution!r}: must be {allowed}", "resolution", self.resolution, allowed
+            )
+        try:
+            with torch.device("meta"):
+                UNet2DModel.from_config(self.unet_config())
+        except (ValueError, TypeError, KeyError, IndexError, AssertionError, RuntimeError) as err:
+            message = " ".join(str(err).split()) or type(err).__name__
+            raise ConfigError(f"model: this UNet2DModel config cannot be built: {message}", "model") from None
+
+
+#: Upper bounds of the sizes ``validate`` accepts (larger values are typos, not runs).
+MAX_RESOLUTION = 4096
+MAX_TRAIN_TIMESTEPS = 100_000
+MAX_NUM_SAMPLES = 4096
+MAX_SEED = 2**62
+
+
+def max_threads_allowed() -> int:
+    """The largest ``threads`` value accepted: four times the CPU count."""
+    return 4 * max(1, os.cpu_count() or 1)
+
+
+def _device_name_ok(name: Any) -> bool:
+    if not isinstance(name, str):
+        return False
+    if name in ("auto", "cpu", "cuda", "mps"):
+        return True
+    head, _, index = name.partition(":")
+    return head == "cuda" and index.isdigit()
 
 
 def _coerce(f: dataclasses.Field, value: Any, source: str) -> Any:

@@ -7,8 +7,9 @@ and the scheduler the run's config describes; :func:`save_pipeline_folder` write
 (``model_index.json``, ``unet/``, ``scheduler/``, plus ``ddpm.json``) so that a kill at any moment leaves either
 no folder or a whole one.
 
-The recommendation written to ``ddpm.json`` (:func:`recommended_sampling`) is DDIM at 50 steps, the best sampler
-that needs nothing but the weights (``--sampler`` and ``--num-inference-steps`` override it).
+The recommendation written to ``ddpm.json`` (:func:`recommended_sampling`) is DDIM at 50 steps (DPM-Solver++ at 25
+for a learned variance), the best sampler that needs nothing but the weights (``--sampler`` and
+``--num-inference-steps`` override it).
 """
 
 from __future__ import annotations
@@ -126,12 +127,30 @@ def load_training_checkpoint(path: str | os.PathLike) -> LoadedCheckpoint:
     return LoadedCheckpoint(payload=payload, path=found, step=int(payload["step"]))
 
 
-def recommended_sampling(cfg: TrainConfig) -> tuple[str, int]:
-    """The sampler and steps an export recommends (``ddpm.json``): DDIM (eta 0) at 50 steps, which needs nothing but
-    the weights. On the bundled model it scores FID 47.8 against 83.3 for DDPM at 100 steps and 37.0 at 250
-    (docs/samplers.md); once a model has its Analytic-DPM table (``ddpm analytic-dpm``),
-    ``--sampler analytic-ddpm`` at 25 steps is better still."""
-    return "ddim", min(50, cfg.num_train_timesteps)
+#: The samplers and steps a trained model's ``ddpm.json`` recommends (``ddpm sample --model RUN/pipeline``): DDIM at
+#: 50 steps for a fixed variance, DPM-Solver++ at 25 for a learned one (DDIM takes C output channels only).
+RECOMMENDED_FIXED = ("ddim", {"ddim": 50, "dpm-solver++": 25})
+RECOMMENDED_LEARNED = ("dpm-solver++", {"dpm-solver++": 25})
+
+
+def recommended_sampling(cfg: TrainConfig) -> tuple[str, dict[str, int]]:
+    """The sampler an export recommends (``ddpm.json``) and the steps for each sampler it names, at most
+    ``num_train_timesteps``. DDIM (eta 0) at 50 steps needs nothing but the weights: on the bundled model it scores
+    FID 47.8 against 83.3 for DDPM at 100 steps and 37.0 at 250 (docs/samplers.md); once a model has its
+    Analytic-DPM table (``ddpm analytic-dpm``), ``--sampler analytic-ddpm`` at 25 steps is better still."""
+    from ddpm.schedulers.vocabulary import LEARNED_VARIANCE_TYPES
+
+    learned = cfg.scheduler.get("variance_type") in LEARNED_VARIANCE_TYPES
+    sampler, by_sampler = RECOMMENDED_LEARNED if learned else RECOMMENDED_FIXED
+    return sampler, {name: min(steps, cfg.num_train_timesteps) for name, steps in by_sampler.items()}
+
+
+def set_recommendation(pipe: DDPMPipeline, cfg: TrainConfig) -> None:
+    """Give ``pipe`` the recommendation of :func:`recommended_sampling` (written to ``ddpm.json`` when saved)."""
+    sampler, by_sampler = recommended_sampling(cfg)
+    pipe.recommended_sampler = sampler
+    pipe.recommended_steps_by_sampler = by_sampler
+    pipe.recommended_num_inference_steps = by_sampler[sampler]
 
 
 def young_ema_note(share: float | None, step: int) -> str | None:
@@ -174,7 +193,7 @@ def pipeline_from_checkpoint(loaded: LoadedCheckpoint, weights: str = "ema") -> 
         ) from None
     unet.eval().requires_grad_(False)
     pipe = DDPMPipeline(unet, DDPMScheduler.from_config(cfg.scheduler_config()))
-    pipe.recommended_sampler, pipe.recommended_num_inference_steps = recommended_sampling(cfg)
+    set_recommendation(pipe, cfg)
     return pipe
 
 

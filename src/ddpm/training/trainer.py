@@ -11,7 +11,15 @@ One step (``step`` counts completed optimiser updates, 0-based):
 
 Every ``checkpoint_every`` steps (and at the end) rank 0 writes a checkpoint holding everything needed to continue
 bit for bit (see :mod:`ddpm.training.checkpoint`) and re-exports ``pipeline/`` with the EMA weights. A NaN or infinite
-loss stops the run with :class:`NonFiniteLossError` before anything is saved, so the last checkpoint stays good.
+loss, or weights made non-finite by an update (checked after every update, read with the metrics), stops the run with
+:class:`NonFiniteLossError` before anything is saved, and no checkpoint is written with non-finite weights, so the
+last checkpoint is always good.
+
+Safety of the run folder (:mod:`ddpm.training.run_folder`): one run at a time holds its lock; temporary files of
+killed writes are removed at the start; SIGINT / SIGTERM save a checkpoint of the current step at the next step
+boundary and stop with :class:`TrainingInterrupted`; the end-of-run outputs (final checkpoint, ``pipeline/`` with
+``ddpm.json``, the last grid, the loss curve) are finished by a resume of a run killed after its last step, and a
+rerun of a finished run changes nothing (``outputs.json`` records which step each output shows).
 
 The loop reads as set-up (:meth:`Trainer._set_up`: a fresh or resumed :class:`~ddpm.training.checkpoint.RunState`,
 the run folder, the model as trained), step (:meth:`Trainer._step`) and maintenance (:meth:`Trainer._maintain`:
@@ -20,10 +28,16 @@ metrics, checkpoints, exports, samples). The run state is the one object a check
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import os
 import random
+import shlex
+import signal
+import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -38,7 +52,8 @@ from ddpm import distributed as ddist
 from ddpm import io as ddpm_io
 from ddpm.data import DataError, open_dataset, to_model_range
 from ddpm.training import checkpoint as ckpt
-from ddpm.training.config import TrainConfig
+from ddpm.training import run_folder
+from ddpm.training.config import ConfigError, TrainConfig
 from ddpm.training.data_order import DataOrder, StepBatchSampler
 from ddpm.training.ema import EMA
 from ddpm.training.losses import compute_loss
@@ -53,11 +68,22 @@ class TrainingError(RuntimeError):
 
 
 class NonFiniteLossError(TrainingError):
-    """The loss became NaN or infinite."""
+    """The loss, or the weights after an update, became NaN or infinite."""
 
     def __init__(self, message: str, step: int):
         super().__init__(message)
         self.step = step
+
+
+class TrainingInterrupted(TrainingError):
+    """SIGINT or SIGTERM stopped the run at a step boundary, after saving a checkpoint of that step.
+
+    ``exit_code`` is ``128 + signum`` (130 for SIGINT, 143 for SIGTERM); ``resume_command`` continues the run."""
+
+    def __init__(self, message: str, signum: int, step: int, checkpoint: Path | None, resume_command: str):
+        super().__init__(message)
+        self.signum, self.step, self.checkpoint, self.resume_command = signum, step, checkpoint, resume_command
+        self.exit_code = 128 + int(signum)
 
 
 @dataclass
@@ -85,6 +111,13 @@ _RESUME_WARN_KEYS = (
     "ema_power",
     "precision",
     "hflip",
+    "adam_beta1",
+    "adam_beta2",
+    "adam_eps",
+    "vlb_weight",
+    "ema_warmup",
+    "ema_inv_gamma",
+    "ema_power",
 )
 
 
@@ -116,10 +149,20 @@ def _seed_everything(seed: int) -> None:
 def _grad_norm(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
     if max_norm > 0:
         return nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
-    grads = [p.grad for p in params if p.grad is not None]
+    return _total_norm([p.grad for p in params if p.grad is not None])
+
+
+def _total_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The L2 norm of all ``tensors`` together (no host sync); NaN or inf when any entry is."""
     if hasattr(nn.utils, "get_total_norm"):
-        return nn.utils.get_total_norm(grads, foreach=True)
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))  # pragma: no cover
+        return nn.utils.get_total_norm(tensors, foreach=True)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in tensors]))  # pragma: no cover
+
+
+def _all_finite(tensors) -> bool:
+    """Whether every entry of ``tensors`` is finite (one host sync; for the checks before a checkpoint)."""
+    tensors = [t.detach() for t in tensors if t.is_floating_point()]
+    return not tensors or bool(torch.isfinite(_total_norm(tensors)).item())
 
 
 def optimisation_step(
@@ -242,6 +285,9 @@ class _Loop:
     resumed_from: Path | None = None
     last_checkpoint: Path | None = None
     last_metrics: dict[str, Any] = field(default_factory=dict)
+    weight_norms: list[torch.Tensor] = field(default_factory=list)  # after each update since the last metrics read
+    saved_step: int | None = None  # the step of the newest checkpoint this run wrote or resumed from
+    environment: dict[str, Any] = field(default_factory=dict)  # run_folder.environment(): stored in checkpoints
 
     def close(self) -> None:
         if self.bar is not None:
@@ -277,6 +323,8 @@ class Trainer:
         self.progress = progress
         self.out = Path(config.output_dir)
         self.ckpt_dir = self.out / "checkpoints"
+        self._lock: run_folder.RunLock | None = None
+        self._stop: _StopSignals | None = None
 
     # ---------------------------------------------------------------------------------------------------------
     # Set-up
@@ -349,19 +397,34 @@ class Trainer:
     # Run
     # ---------------------------------------------------------------------------------------------------------
     def run(self) -> TrainResult:
+        run_folder.check_device(self.cfg.device)
         info = ddist.init_distributed(self.cfg.device)
+        threads = torch.get_num_threads()
+        if self.cfg.threads:
+            torch.set_num_threads(self.cfg.threads)
+        finished = False
         try:
-            return self._run(info)
+            with _StopSignals() as self._stop:
+                result = self._run(info)
+            finished = True
+            return result
         finally:
-            ddist.shutdown(info)
+            self._stop = None
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
+            torch.set_num_threads(threads)
+            ddist.shutdown(info, wait_for_peers=finished)
 
     def _run(self, info: ddist.DistInfo) -> TrainResult:
         state, loop = self._set_up(info)
         batches = self._loader(loop.dataset, state.order, state.step, info)
         try:
             while state.step < self.cfg.max_steps:
+                self._stop_if_asked(state, loop)
                 self._step(state, loop, next(batches))
                 self._maintain(state, loop)
+            self._finish(state, loop)
         finally:
             loop.close()
             batches.close()
@@ -385,13 +448,15 @@ class Trainer:
                 f"--batch-size {cfg.batch_size} (global) must be divisible by the number of processes "
                 f"({info.world_size})"
             )
+        self._lock_run_folder(info)
         dataset = self._open_data_everywhere(info)
+        environment = run_folder.environment(dataset, info.device)
         state = self._new_state(info, DataOrder(len(dataset), cfg.batch_size, cfg.seed))
-        resumed_from = self._resume(state, info)
+        resumed_from = self._resume(state, info, environment)
         ddist.barrier(info)
         if info.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            ddpm_io.atomic_write_text(self.out / "config.json", cfg.to_json())
+            _write_if_changed(self.out / "config.json", cfg.to_json())
             self._trim_metrics(state.step)
 
         train_model = state.model
@@ -416,9 +481,12 @@ class Trainer:
             metrics=_Metrics(info.device, scheduler.config.num_train_timesteps),
             resumed_from=resumed_from,
             last_checkpoint=resumed_from,
+            saved_step=state.step if resumed_from is not None else None,
+            environment=environment,
         )
         if info.is_main:
-            loop.writer = self._tensorboard()
+            # a finished run that is only completing its outputs opens no new event file (a rerun changes nothing)
+            loop.writer = self._tensorboard() if state.step < cfg.max_steps or self._grid_missing(state.step) else None
             loop.sampler = _SampleState(self, state.model, scheduler, info.device)
             loop.bar = self._progress_bar(state.step)
             logger.info(
@@ -450,7 +518,27 @@ class Trainer:
         generators = {"noise": torch.Generator(device=device).manual_seed(cfg.seed)}
         return ckpt.RunState(model, optimizer, scaler, ema, order, generators)
 
-    def _resume(self, state: ckpt.RunState, info: ddist.DistInfo) -> Path | None:
+    def _lock_run_folder(self, info: ddist.DistInfo) -> None:
+        """Rank 0 checks the folder, takes its lock (:class:`~ddpm.training.run_folder.RunLock`) and removes the
+        temporary files of killed writes; an error there is raised on every rank."""
+        error: Exception | None = None
+        if info.is_main:
+            try:
+                run_folder.check_output_dir(self.out)
+                self._lock = run_folder.RunLock(self.out).acquire()
+                run_folder.clean_temporaries(self.out)
+            except (ConfigError, run_folder.RunFolderLockedError) as err:
+                error = err
+            except OSError as err:
+                error = TrainingError(f"cannot use the run folder {self.out}: {err.strerror or err}")
+        kind_text = ddist.broadcast_object(None if error is None else (type(error).__name__, str(error)), info)
+        if error is not None:
+            raise error
+        if kind_text is not None:
+            kinds = {"ConfigError": ConfigError, "RunFolderLockedError": run_folder.RunFolderLockedError}
+            raise kinds.get(kind_text[0], TrainingError)(kind_text[1])
+
+    def _resume(self, state: ckpt.RunState, info: ddist.DistInfo, environment: dict | None = None) -> Path | None:
         """With ``resume``, load the newest intact checkpoint into ``state`` on every rank (before DDP wraps the
         model); returns its path, or None for a fresh run. Without it, an output folder with checkpoints is refused."""
         existing = ckpt.list_checkpoints(self.ckpt_dir)
@@ -469,7 +557,18 @@ class Trainer:
         payload, path = found
         if payload.get("format") != ckpt.CHECKPOINT_FORMAT:
             raise TrainingError("the checkpoint is not a ddpm training checkpoint")
+        if int(payload.get("version", 1)) > ckpt.CHECKPOINT_VERSION:
+            raise TrainingError(
+                f"{path} is a version {payload['version']} checkpoint; this ddpm reads up to version "
+                f"{ckpt.CHECKPOINT_VERSION}: resume it with the ddpm that wrote it"
+            )
         self._check_resumable(json.loads(payload["config"]), warn=info.is_main)
+        changes = run_folder.compare_environment(payload.get("environment"), environment) if environment else []
+        if changes and info.is_main:
+            warnings.warn(
+                f"resuming {path.name} with a different " + "; ".join(changes) + ": the run continues, but is no "
+                "longer a bit-exact continuation", stacklevel=3,
+            )  # fmt: skip
         state.load_state_dict(payload, info.rank, info.world_size, warn=info.is_main)
         if info.is_main:
             logger.info("resumed from step %d", state.step)
@@ -521,6 +620,7 @@ class Trainer:
             ema_model=state.model, params=loop.params,
         )  # fmt: skip
         state.step += 1
+        loop.weight_norms.append(_total_norm(loop.params).detach())  # read with the metrics: NaN weights never saved
         loop.metrics.add(terms, t, loss, grad_norm, len(t))
         if loop.bar is not None:
             loop.bar.update(1)
@@ -534,30 +634,124 @@ class Trainer:
         if step % cfg.log_every == 0 or save_now:
             loop.last_metrics = self._flush_metrics(state, loop)
         if save_now:
-            loop.last_checkpoint = self._save(state, loop.info)
+            loop.last_checkpoint = self._save(state, loop)
             if is_main:
-                loop.sampler.export(state.ema, self.out / "pipeline")
-                self._draw_loss_curve()
+                self._export(state, loop)
+                self._draw_loss_curve(step)
         if is_main and cfg.sample_every and (step % cfg.sample_every == 0 or step == cfg.max_steps):
-            grid = loop.sampler.sample_grid(state.ema, self.out / "samples" / f"step-{step:09d}.png")
+            self._draw_grid(state, loop)
+
+    # ---------------------------------------------------------------------------------------------------------
+    # The end of the run (idempotent) and stopping on a signal
+    # ---------------------------------------------------------------------------------------------------------
+    def _finish(self, state: ckpt.RunState, loop: _Loop) -> None:
+        """Make sure every end-of-run output shows the final step: the checkpoint, ``pipeline/`` (with
+        ``ddpm.json``), the last sample grid and the loss curve. After a normal last step this does nothing; after a
+        resume of a run killed between its final checkpoint and its last output it finishes those outputs from the
+        checkpoint's weights; on a finished run it changes nothing."""
+        step = state.step
+        if loop.saved_step != step:  # e.g. max_steps lowered on resume below a step that was never saved
+            if loop.metrics.losses:
+                loop.last_metrics = self._flush_metrics(state, loop)
+            loop.last_checkpoint = self._save(state, loop)
+        if not loop.info.is_main:
+            return
+        done = self._outputs()
+        if done.get("pipeline") != step or not (self.out / "pipeline" / "model_index.json").is_file():
+            logger.info("finishing the run's outputs: exporting pipeline/ from the checkpoint of step %d", step)
+            self._export(state, loop)
+        if self._grid_missing(step):
+            self._draw_grid(state, loop)
+        if done.get("loss_curve") != step or not (self.out / "loss.png").is_file():
+            self._draw_loss_curve(step)
+
+    def _stop_if_asked(self, state: ckpt.RunState, loop: _Loop) -> None:
+        """At a step boundary: when SIGINT / SIGTERM arrived, save a checkpoint of this step (unless one exists) and
+        raise :class:`TrainingInterrupted`. Several processes agree on the step: they compare their flags at each
+        ``log_every`` boundary (one small all-reduce, where the metrics are read anyway)."""
+        signum = self._stop.received if self._stop is not None else None
+        info = loop.info
+        if info.distributed:
+            if state.step % self.cfg.log_every:
+                return
+            flag = torch.tensor([signum or 0], dtype=torch.int64, device=info.device)
+            signum = int(ddist.all_reduce_max(flag, info).item()) or None
+        if signum is None:
+            return
+        path = loop.last_checkpoint
+        if loop.saved_step != state.step and state.step > 0:
+            path = self._save(state, loop)
+            where = f"saved {path}" if info.is_main else "saved by rank 0"
+        elif path is not None:
+            where = f"{path} already holds this step"
+        else:
+            where = "nothing was trained yet, so nothing was saved"
+        name = signal.Signals(signum).name
+        command = resume_command(self.out, info.world_size)
+        raise TrainingInterrupted(
+            f"stopped by {name} at step {state.step} ({where}); continue with: {command}",
+            signum, state.step, path, command,
+        )  # fmt: skip
+
+    # ---------------------------------------------------------------------------------------------------------
+    # Outputs: pipeline export, sample grids, loss curve; outputs.json records which step each one shows
+    # ---------------------------------------------------------------------------------------------------------
+    def _outputs(self) -> dict[str, Any]:
+        try:
+            data = json.loads((self.out / OUTPUTS_NAME).read_text(encoding="utf-8"))
+            return data if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def _record_output(self, name: str, step: int) -> None:
+        done = self._outputs()
+        if done.get(name) != step:
+            done[name] = step
+            ddpm_io.atomic_write_text(self.out / OUTPUTS_NAME, json.dumps(done, indent=2, sort_keys=True) + "\n")
+
+    def _export(self, state: ckpt.RunState, loop: _Loop) -> None:
+        loop.sampler.export(state.ema, self.out / "pipeline")
+        self._record_output("pipeline", state.step)
+
+    def _grid_path(self, step: int) -> Path:
+        return self.out / "samples" / f"step-{step:09d}.png"
+
+    def _grid_missing(self, step: int) -> bool:
+        if not self.cfg.sample_every:
+            return False
+        return self._outputs().get("samples") != step or not self._grid_path(step).is_file()
+
+    def _draw_grid(self, state: ckpt.RunState, loop: _Loop) -> None:
+        """A sample grid of the EMA weights, with its own status lines; its time is kept out of images/s and the
+        progress bar's rate and ETA."""
+        cfg, step, path = self.cfg, state.step, self._grid_path(state.step)
+        steps = min(cfg.sample_steps, loop.scheduler.config.num_train_timesteps)
+        with _outside_timing(loop):
+            logger.info("step %d: drawing %d sample images (%d denoising steps) ...", step, cfg.num_samples, steps)
+            start = time.perf_counter()
+            grid = loop.sampler.sample_grid(state.ema, path)
+            logger.info("step %d: wrote %s (%.1f s)", step, path, time.perf_counter() - start)
             if loop.writer is not None:
                 loop.writer.add_image("samples", np.asarray(grid), step, dataformats="HWC")
+        self._record_output("samples", step)
 
     def _flush_metrics(self, state: ckpt.RunState, loop: _Loop) -> dict[str, Any]:
         step, info, metrics = state.step, loop.info, loop.metrics
-        n = len(metrics.losses)
         step_losses, values = metrics.read(info, self.cfg.learned_variance, weighted=self.cfg.snr_gamma > 0)
         metrics.reset()
-        for i, value in enumerate(step_losses):
-            if not math.isfinite(value):
-                bad = step - n + i + 1
-                saved = ckpt.list_checkpoints(self.ckpt_dir)
-                kept = f"the last good checkpoint is {saved[0][1]}" if saved else "no checkpoint was written yet"
-                raise NonFiniteLossError(
-                    f"the loss became {value} at step {bad}; stopping without saving ({kept}). Try a lower --lr, "
-                    "--grad-clip, or --precision fp32/bf16, and check the data.",
-                    bad,
-                )
+        weight_norms = torch.stack(loop.weight_norms).tolist() if loop.weight_norms else []
+        loop.weight_norms.clear()
+        for what, series in (("the loss", step_losses), ("the weights (after the update)", weight_norms)):
+            for i, value in enumerate(series):
+                if not math.isfinite(value):
+                    bad = step - len(series) + i + 1
+                    kept = self._last_good_checkpoint()
+                    raise NonFiniteLossError(
+                        f"{what} became {'non-finite' if 'weights' in what else value} at step {bad}; stopping "
+                        f"without saving ({kept}). Try a lower --lr, --grad-clip, or --precision fp32/bf16, and "
+                        "check the data.",
+                        bad,
+                    )  # fmt: skip
         record = {"step": step, "lr": state.optimizer.param_groups[0]["lr"], **values}
         if info.is_main:
             with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
@@ -570,21 +764,35 @@ class Trainer:
                         loop.writer.add_scalar(f"train/{key}", value, step)
         return record
 
-    def _save(self, state: ckpt.RunState, info: ddist.DistInfo) -> Path | None:
+    def _last_good_checkpoint(self) -> str:
+        saved = ckpt.list_checkpoints(self.ckpt_dir)
+        return f"the last good checkpoint is {saved[0][1]}" if saved else "no checkpoint was written yet"
+
+    def _save(self, state: ckpt.RunState, loop: _Loop) -> Path | None:
+        info = loop.info
+        # Never a checkpoint with non-finite weights: every saved one is good (each rank checks its own copy).
+        tensors = list(state.model.parameters()) + list(state.ema.params.values() if state.ema is not None else [])
+        if not _all_finite(tensors):
+            raise NonFiniteLossError(
+                f"the weights are not finite at step {state.step}; stopping without saving "
+                f"({self._last_good_checkpoint()}). Try a lower --lr, --grad-clip, or --precision fp32/bf16.",
+                state.step,
+            )
         # Every rank's RNG states go into rank 0's file (each rank continues its own dropout stream on resume).
         rng = ddist.all_gather_objects(ckpt.capture_rng_state(state.generators), info)
         path = None
         error = None
         if info.is_main:
             try:
-                path = ckpt.save_checkpoint(
-                    state.state_dict(self.cfg, rng), self.ckpt_dir, state.step, keep=self.cfg.keep_checkpoints
-                )
+                payload = state.state_dict(self.cfg, rng)
+                payload["environment"] = loop.environment
+                path = ckpt.save_checkpoint(payload, self.ckpt_dir, state.step, keep=self.cfg.keep_checkpoints)
             except ckpt.CheckpointError as err:
                 error = str(err)
         error = ddist.broadcast_object(error, info)
         if error:
             raise TrainingError(error)
+        loop.saved_step = state.step
         return path
 
     def _trim_metrics(self, step: int) -> None:
@@ -599,15 +807,17 @@ class Trainer:
                     keep.append(line)
             except (ValueError, KeyError, TypeError):
                 continue  # a torn last line
-        ddpm_io.atomic_write_text(path, "".join(line + "\n" for line in keep))
+        _write_if_changed(path, "".join(line + "\n" for line in keep))
 
-    def _draw_loss_curve(self) -> None:
+    def _draw_loss_curve(self, step: int) -> None:
         from ddpm.training.plot import draw_loss_curve, read_metrics
 
         try:
             draw_loss_curve(read_metrics(self.out / "metrics.jsonl"), self.out / "loss.png")
         except (OSError, ValueError) as err:  # a picture is not worth stopping a run for
             logger.warning("could not draw %s: %s", self.out / "loss.png", err)
+            return
+        self._record_output("loss_curve", step)
 
     def _tensorboard(self):
         try:
@@ -629,6 +839,76 @@ class Trainer:
             dynamic_ncols=True,
             disable=None if self.progress is None else False,
         )
+
+
+#: The run folder's record of which step ``pipeline/``, the last sample grid and ``loss.png`` show.
+OUTPUTS_NAME = "outputs.json"
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    """Write ``text`` atomically unless the file already holds it (a rerun of a finished run changes nothing)."""
+    try:
+        if path.read_text(encoding="utf-8") == text:
+            return
+    except (OSError, UnicodeDecodeError):
+        pass
+    ddpm_io.atomic_write_text(path, text)
+
+
+def resume_command(output_dir: Path, world_size: int = 1) -> str:
+    """The command that continues the run in ``output_dir`` (its config.json holds every option)."""
+    launcher = ["torchrun", "--nproc_per_node", str(world_size), "-m", "ddpm"] if world_size > 1 else ["ddpm"]
+    return shlex.join([*launcher, "train", "--output-dir", str(output_dir), "--resume"])
+
+
+@contextlib.contextmanager
+def _outside_timing(loop: _Loop):
+    """Keep the time of the body out of the logged images/s and the progress bar's rate and ETA."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        spent = time.perf_counter() - start
+        loop.metrics.start += spent
+        bar = loop.bar
+        if bar is not None and not getattr(bar, "disable", True):
+            bar.start_t += spent
+            bar.last_print_t += spent
+
+
+class _StopSignals:
+    """While active (main thread only), SIGINT and SIGTERM set :attr:`received` instead of stopping the process; the
+    loop saves and stops at the next step boundary. A second signal of the same kind acts as it did before (SIGINT:
+    KeyboardInterrupt; SIGTERM: the process ends), for when saving hangs."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.received is None:
+            self.received = signum
+            if os.environ.get("RANK", "0") == "0":  # under torchrun every process gets the signal: one line
+                print(
+                    f"ddpm train: {signal.Signals(signum).name} received: saving a checkpoint at the end of this step "
+                    "(send it again to stop at once, without saving)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+
+    def __exit__(self, *exc) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous.clear()
 
 
 def _can_fork() -> bool:
@@ -654,7 +934,7 @@ class _SampleState:
     def _pipeline(self, ema: EMA | None, raw: bool = False):
         from ddpm.pipeline import DDPMPipeline
         from ddpm.schedulers import DDPMScheduler
-        from ddpm.training.export import recommended_sampling, young_ema_note
+        from ddpm.training.export import set_recommendation, young_ema_note
 
         if raw:
             self.model.load_state_dict(self.raw.state_dict())
@@ -665,12 +945,15 @@ class _SampleState:
                 logger.warning("note: %s", note)
                 self._warned_young_ema = True
         pipe = DDPMPipeline(self.model, DDPMScheduler.from_config(self.scheduler.config))
-        pipe.recommended_sampler, pipe.recommended_num_inference_steps = recommended_sampling(self.trainer.cfg)
+        set_recommendation(pipe, self.trainer.cfg)
         return pipe
 
     def export(self, ema: EMA, folder: Path) -> None:
+        """``folder`` as a pipeline of the EMA weights, with ``ddpm.json`` recommending a fast sampler
+        (:func:`ddpm.training.export.recommended_sampling`)."""
+        pipe = self._pipeline(ema)
         try:
-            self._pipeline(ema).save_pretrained(folder)
+            pipe.save_pretrained(folder)
         except OSError as err:
             raise TrainingError(
                 f"could not export the pipeline to {folder}: {err.strerror or err} (the checkpoints are intact)"

@@ -270,7 +270,7 @@ def test_a_second_run_into_a_locked_folder_is_refused_naming_the_holder(tmp_path
 def test_resume_names_what_breaks_exactness_and_recovers_a_deleted_config(tmp_path, capsys):
     data = _npz(tmp_path / "d.npz")
     out = tmp_path / "run"
-    Trainer(_cfg(data, out, max_steps=2, checkpoint_every=2, threads=1), progress=False).run()
+    Trainer(_cfg(data, out, max_steps=2, checkpoint_every=2, threads=1, ema_warmup=False), progress=False).run()
     env = _final(out)["environment"]
     assert env["threads"] == 1 and env["device_type"] == "cpu" and env["torch"] == str(torch.__version__)
     assert env["data"]["size"] == 24 and env["data"]["kind"] == "array"

@@ -13,7 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ddpm.schedulers.vocabulary import PREDICTION_TYPES, VARIANCE_TYPES
+from ddpm.schedulers.vocabulary import PREDICTION_TYPES, SAMPLERS, VARIANCE_TYPES
 
 EPILOG = """\
 examples:
@@ -44,7 +44,7 @@ class _Bool(_Explicit, argparse.BooleanOptionalAction):
 
 # dest -> (flag, type, help); defaults come from TrainConfig so --help shows the real ones.
 _OPTIONS = [
-    ("data", str, "training images: an image folder, an idx file/folder, an .npz, fashion-mnist, cifar10[:PATH]"),
+    ("data", str, "training images: an image folder, idx, .npz, fashion-mnist, cifar10[:PATH] or hf:NAME[:SPLIT]"),
     ("resolution", int, "image side in pixels"),
     ("channels", int, "image channels (1 or 3)"),
     ("batch_size", int, "global batch size (split across processes)"),
@@ -67,6 +67,16 @@ _OPTIONS = [
     ("device", str, "auto, cpu, cuda or cuda:N (under torchrun: the local rank's GPU)"),
     ("vlb_weight", float, "lambda of the hybrid loss L_simple + lambda*L_vlb (learned variance only)"),
     ("snr_gamma", float, "Min-SNR-gamma loss weighting (Hang et al. 2023), e.g. 5; 0: unweighted L_simple (the paper)"),
+    # docs/training.md: logging, Hugging Face data, gradient accumulation, proxy FID
+    ("grad_accum", int, "accumulate K micro-batches of --batch-size per update (exactly a batch K times larger)"),
+    ("report_to", str, "none, tensorboard, wandb (offline) or tensorboard,wandb; auto: tensorboard if installed"),
+    ("progress_interval", float, "off a terminal: a plain progress line at most every S seconds (0: at every log)"),
+    ("image_column", str, "Hugging Face data: the image column (default: the first Image feature)"),
+    ("fid_every", int, "a proxy FID every N steps (few-step sampler, --fid-num-samples images; 0: never)"),
+    ("fid_ref_stats", str, "reference statistics .npz of the proxy FID (ddpm eval fid --save-stats)"),
+    ("fid_num_samples", int, "images of each proxy FID"),
+    ("fid_num_inference_steps", int, "sampler steps of each proxy FID"),
+    ("fid_sampler", str, "sampler of the proxy FID"),
 ]
 
 
@@ -92,7 +102,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--model-config", action=_Store, default=None, metavar="FILE", help="UNet config.json (Diffusers)")
     p.add_argument("--output-dir", action=_Store, default=defaults.output_dir, help="run folder")
     for dest, typ, text in _OPTIONS:
-        choices = {"precision": PRECISIONS, "lr_schedule": LR_SCHEDULES}
+        choices = {"precision": PRECISIONS, "lr_schedule": LR_SCHEDULES, "fid_sampler": SAMPLERS}
         kwargs = {"choices": choices[dest]} if dest in choices else {}
         p.add_argument(
             "--" + dest.replace("_", "-"), dest=dest, action=_Store, type=typ, default=getattr(defaults, dest),

@@ -112,6 +112,16 @@ class TrainConfig:
     log_every: int = 10
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     description: str = ""  # free text from a preset
+    # Ecosystem conventions (docs/training.md: logging, Hugging Face data, gradient accumulation, proxy FID)
+    grad_accum: int = 1  # micro-batches of batch_size per update: the update of one batch grad_accum * batch_size
+    report_to: str = "auto"  # none, tensorboard, wandb or a comma list; auto: tensorboard if installed
+    progress_interval: float = 30.0  # off a terminal: a plain progress line at most every S seconds (0: every log)
+    image_column: str | None = None  # Hugging Face data: the image column (default: the first Image feature)
+    fid_every: int = 0  # proxy FID every N steps on rank 0 (0: off); needs fid_ref_stats
+    fid_ref_stats: str | None = None  # reference statistics .npz (ddpm eval fid --save-stats)
+    fid_num_samples: int = 500  # images of the proxy FID
+    fid_num_inference_steps: int = 25  # steps of the proxy FID's sampler
+    fid_sampler: str = "ddim"  # the proxy FID's sampler (a name of ddpm.schedulers.vocabulary.SAMPLERS)
 
     # -- derived -------------------------------------------------------------------------------------------------
     @property
@@ -210,10 +220,39 @@ class TrainConfig:
         need(self.sample_steps >= 1, "sample_steps", "a positive integer")
         need(self.num_samples >= 1, "num_samples", "a positive integer")
         need(self.log_every >= 1, "log_every", "a positive integer")
+        _validate_ecosystem(self, need)
         self.build_scheduler()  # the scheduler owns its vocabularies and checks them
         if not self.model.get("block_out_channels"):
             raise ConfigError("model: a UNet2DModel config needs 'block_out_channels'")
         return self
+
+
+REPORT_TARGETS = ("none", "auto", "tensorboard", "wandb")
+
+
+def report_targets(report_to: str) -> list[str]:
+    """The targets of ``report_to`` ("none", "auto", "tensorboard", "wandb", or a comma list of the last two)."""
+    names = [n.strip().lower() for n in str(report_to).split(",") if n.strip()]
+    return [n for n in dict.fromkeys(names) if n != "none"]
+
+
+def _validate_ecosystem(cfg: TrainConfig, need) -> None:
+    from ddpm.schedulers.vocabulary import SAMPLERS
+
+    need(cfg.grad_accum >= 1, "grad_accum", "a positive integer (1: no accumulation)")
+    targets = report_targets(cfg.report_to)
+    need(
+        all(t in REPORT_TARGETS for t in targets) and ("auto" not in targets or len(targets) == 1),
+        "report_to",
+        "none, auto, tensorboard, wandb or a comma list of tensorboard and wandb",
+    )
+    need(cfg.progress_interval >= 0, "progress_interval", ">= 0 seconds (0: a line at every --log-every)")
+    need(cfg.image_column is None or bool(cfg.image_column), "image_column", "a column name")
+    need(cfg.fid_every >= 0, "fid_every", ">= 0 (0: no proxy FID)")
+    need(cfg.fid_every == 0 or bool(cfg.fid_ref_stats), "fid_ref_stats", "a statistics file when fid_every > 0")
+    need(cfg.fid_num_samples >= 2, "fid_num_samples", "an integer >= 2")
+    need(cfg.fid_num_inference_steps >= 1, "fid_num_inference_steps", "a positive integer")
+    need(cfg.fid_sampler in SAMPLERS, "fid_sampler", f"one of {', '.join(SAMPLERS)}")
 
 
 def _coerce(f: dataclasses.Field, value: Any, source: str) -> Any:

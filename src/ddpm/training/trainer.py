@@ -82,6 +82,7 @@ _RESUME_WARN_KEYS = (
     "ema_decay",
     "precision",
     "hflip",
+    "grad_accum",
 )
 
 
@@ -136,9 +137,14 @@ def optimisation_step(
     ema: EMA | None = None,
     ema_model: nn.Module | None = None,
     params: list[torch.Tensor] | None = None,
+    micro_batches: int = 1,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     """One update: loss on ``(x0, noise, t)``, backward (scaled when a scaler is given), clip the global gradient
     norm, Adam at learning rate ``lr``, then the EMA of ``ema_model`` (default ``model``). No host sync.
+
+    ``micro_batches`` K > 1 accumulates the gradient over K equal consecutive slices of the batch (the backward of
+    each slice's mean loss divided by K): the same update as the whole batch, up to float rounding, with the
+    activation memory of one slice (:func:`ddpm.training.accumulation.accumulate_gradients`).
 
     Returns the per-sample loss terms, the batch loss and the gradient norm before clipping (tensors).
     """
@@ -146,16 +152,29 @@ def optimisation_step(
         params = [p for p in model.parameters() if p.requires_grad]
     for group in optimizer.param_groups:
         group["lr"] = lr
-    terms = compute_loss(model, scheduler, x0, noise, t, vlb_weight, autocast_dtype, snr_gamma=snr_gamma)
-    loss = terms["loss"].mean()
-    if scaler is not None and scaler.is_enabled():
-        scaler.scale(loss).backward()
+    use_scaler = scaler is not None and scaler.is_enabled()
+    if micro_batches > 1:
+        from ddpm.training.accumulation import accumulate_gradients
+
+        def loss_of(xs, ns, ts):
+            return compute_loss(model, scheduler, xs, ns, ts, vlb_weight, autocast_dtype, snr_gamma=snr_gamma)
+
+        terms, loss = accumulate_gradients(
+            loss_of, model, x0, noise, t, micro_batches, scale=scaler.scale if use_scaler else None
+        )
+    else:
+        terms = compute_loss(model, scheduler, x0, noise, t, vlb_weight, autocast_dtype, snr_gamma=snr_gamma)
+        loss = terms["loss"].mean()
+    if use_scaler:
+        if micro_batches == 1:
+            scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
         grad_norm = _grad_norm(params, grad_clip)
         scaler.step(optimizer)
         scaler.update()
     else:
-        loss.backward()
+        if micro_batches == 1:
+            loss.backward()
         grad_norm = _grad_norm(params, grad_clip)
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -383,7 +402,7 @@ class Trainer:
                 f"({info.world_size})"
             )
         dataset = self._open_data_everywhere(info)
-        state = self._new_state(info, DataOrder(len(dataset), cfg.batch_size, cfg.seed))
+        state = self._new_state(info, DataOrder(len(dataset), cfg.batch_size * cfg.grad_accum, cfg.seed))
         resumed_from = self._resume(state, info)
         ddist.barrier(info)
         if info.is_main:
@@ -401,7 +420,7 @@ class Trainer:
             # Compiles on the first step; the plain model stays what is checkpointed, averaged and exported.
             train_model = torch.compile(train_model, dynamic=False)  # fixed shapes: one graph, no symbolic sizes
         scheduler = self._build_scheduler()
-        per_rank = cfg.batch_size // info.world_size
+        per_rank = cfg.batch_size * cfg.grad_accum // info.world_size  # this rank's images of one update
         loop = _Loop(
             info=info,
             dataset=dataset,
@@ -499,9 +518,10 @@ class Trainer:
     # ---------------------------------------------------------------------------------------------------------
     def _step(self, state: ckpt.RunState, loop: _Loop, images: torch.Tensor) -> None:
         """One update on this rank's slice of the global batch of step ``state.step``; the global batch's timesteps,
-        noise and flips are drawn whole from the run's generator, so N processes see what one process would."""
+        noise and flips are drawn whole from the run's generator, so N processes see what one process would. With
+        ``grad_accum`` K the update's batch is K * batch_size, drawn the same way and then run in K micro-batches."""
         cfg, device = self.cfg, loop.info.device
-        B, C, R = cfg.batch_size, cfg.channels, cfg.resolution
+        B, C, R = cfg.batch_size * cfg.grad_accum, cfg.channels, cfg.resolution
         T = loop.scheduler.config.num_train_timesteps
         noise_gen = state.generators["noise"]
         x0 = to_model_range(images.to(device, non_blocking=True))
@@ -515,7 +535,7 @@ class Trainer:
             loop.train_model, loop.scheduler, state.optimizer, x0, noise, t,
             lr=learning_rate(cfg, state.step), grad_clip=cfg.grad_clip, vlb_weight=cfg.vlb_weight,
             snr_gamma=cfg.snr_gamma, autocast_dtype=loop.autocast_dtype, scaler=state.scaler, ema=state.ema,
-            ema_model=state.model, params=loop.params,
+            ema_model=state.model, params=loop.params, micro_batches=cfg.grad_accum,
         )  # fmt: skip
         state.step += 1
         loop.metrics.add(terms, t, loss, grad_norm, len(t))

@@ -86,3 +86,30 @@ class _Recorder:
 def test_bad_grad_accum_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="grad_accum=0"):
         _cfg(_npz(tmp_path / "d.npz"), tmp_path / "o", grad_accum=0)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
+def test_two_process_ddp_accumulation_matches_one_big_batch(tmp_path):
+    import json
+
+    from test_train_distributed import _torchrun
+    from test_train_loop import TINY_UNET
+
+    data = _npz(tmp_path / "data.npz", n=20)
+    Trainer(_cfg(data, tmp_path / "big", batch_size=8, **OPTIONS), progress=False).run()
+    unet = tmp_path / "unet.json"
+    unet.write_text(json.dumps(TINY_UNET))
+    args = [
+        "--data", str(data), "--resolution", "8", "--channels", "3", "--model-config", str(unet), "--batch-size", "4",
+        "--grad-accum", "2", "--checkpoint-every", "2", "--warmup-steps", "2", "--dropout", "0", "--hflip",
+        "--lr", "1e-3", "--sample-every", "0", "--log-every", "2", "--num-workers", "0", "--quiet",
+        "--output-dir", str(tmp_path / "ddp"),
+    ]  # fmt: skip
+    _torchrun([*args, "--max-steps", "2"])
+    _torchrun([*args, "--max-steps", "4", "--resume"])
+    big, ddp = _state(tmp_path / "big"), _state(tmp_path / "ddp")
+    assert ddp["rng"]["world_size"] == 2
+    keys = [k for k in big["model"] if not k.endswith("to_k.bias")]
+    for key in keys:
+        torch.testing.assert_close(ddp["model"][key], big["model"][key], rtol=1e-4, atol=1e-5, msg=key)

@@ -13,7 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ddpm.schedulers.vocabulary import PREDICTION_TYPES, SAMPLERS, VARIANCE_TYPES
+from ddpm.schedulers.vocabulary import PREDICTION_TYPES, VARIANCE_TYPES
 
 EPILOG = """\
 examples:
@@ -73,7 +73,7 @@ _OPTIONS = [
     ("progress_interval", float, "off a terminal: a plain progress line at most every S seconds (0: at every log)"),
     ("image_column", str, "Hugging Face data: the image column (default: the first Image feature)"),
     ("fid_every", int, "a proxy FID every N steps (few-step sampler, --fid-num-samples images; 0: never)"),
-    ("fid_ref_stats", str, "reference statistics .npz of the proxy FID (ddpm eval fid --save-stats)"),
+    ("fid_ref_stats", str, "reference statistics .npz of the proxy FID (made by ddpm eval fid ... --ref-stats FILE)"),
     ("fid_num_samples", int, "images of each proxy FID"),
     ("fid_num_inference_steps", int, "sampler steps of each proxy FID"),
     ("fid_sampler", str, "sampler of the proxy FID"),
@@ -82,7 +82,7 @@ _OPTIONS = [
 
 def add_parser(subparsers) -> None:
     from ddpm.cli import HelpFormatter
-    from ddpm.training.config import LR_SCHEDULES, PRECISIONS, TrainConfig
+    from ddpm.training.config import LR_SCHEDULES, PRECISIONS, PROXY_FID_SAMPLERS, TrainConfig
 
     defaults = TrainConfig()
     p = subparsers.add_parser(
@@ -102,7 +102,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--model-config", action=_Store, default=None, metavar="FILE", help="UNet config.json (Diffusers)")
     p.add_argument("--output-dir", action=_Store, default=defaults.output_dir, help="run folder")
     for dest, typ, text in _OPTIONS:
-        choices = {"precision": PRECISIONS, "lr_schedule": LR_SCHEDULES, "fid_sampler": SAMPLERS}
+        choices = {"precision": PRECISIONS, "lr_schedule": LR_SCHEDULES, "fid_sampler": PROXY_FID_SAMPLERS}
         kwargs = {"choices": choices[dest]} if dest in choices else {}
         p.add_argument(
             "--" + dest.replace("_", "-"), dest=dest, action=_Store, type=typ, default=getattr(defaults, dest),
@@ -178,7 +178,12 @@ def run(args) -> int:
         sys.stdout.write(cfg.to_json())
         return 0
     try:
-        result = Trainer(cfg, resume=args.resume, progress=False if args.quiet else None).run()
+        evaluator = _proxy_fid(cfg)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"ddpm train: {err}", file=sys.stderr)
+        return 2
+    try:
+        result = Trainer(cfg, resume=args.resume, progress=False if args.quiet else None, evaluator=evaluator).run()
     except (DataError, ConfigError) as err:
         print(f"ddpm train: {err}", file=sys.stderr)
         return 2
@@ -188,3 +193,17 @@ def run(args) -> int:
     if result.pipeline_dir is not None:
         print(f"trained to step {result.step}; pipeline (EMA weights): {result.pipeline_dir}")
     return 0
+
+
+def _proxy_fid(cfg):
+    """The proxy-FID evaluator of ``--fid-every`` (None without it); its reference file is read now."""
+    if not cfg.fid_every:
+        return None
+    from ddpm.evaluation.proxy_fid import ProxyFID
+
+    evaluator = ProxyFID(
+        cfg.fid_ref_stats, num_samples=cfg.fid_num_samples, num_inference_steps=cfg.fid_num_inference_steps,
+        sampler=cfg.fid_sampler, seed=cfg.sample_seed,
+    )  # fmt: skip
+    logging.getLogger(__name__).info("every %d steps: %s", cfg.fid_every, evaluator.describe())
+    return evaluator

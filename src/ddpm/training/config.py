@@ -118,10 +118,10 @@ class TrainConfig:
     progress_interval: float = 30.0  # off a terminal: a plain progress line at most every S seconds (0: every log)
     image_column: str | None = None  # Hugging Face data: the image column (default: the first Image feature)
     fid_every: int = 0  # proxy FID every N steps on rank 0 (0: off); needs fid_ref_stats
-    fid_ref_stats: str | None = None  # reference statistics .npz (ddpm eval fid --save-stats)
+    fid_ref_stats: str | None = None  # reference statistics .npz (ddpm eval fid ... --ref-stats FILE)
     fid_num_samples: int = 500  # images of the proxy FID
     fid_num_inference_steps: int = 25  # steps of the proxy FID's sampler
-    fid_sampler: str = "ddim"  # the proxy FID's sampler (a name of ddpm.schedulers.vocabulary.SAMPLERS)
+    fid_sampler: str = "ddim"  # the proxy FID's sampler: ddim, dpm-solver++ or ddpm
 
     # -- derived -------------------------------------------------------------------------------------------------
     @property
@@ -228,6 +228,8 @@ class TrainConfig:
 
 
 REPORT_TARGETS = ("none", "auto", "tensorboard", "wandb")
+#: Samplers of the proxy FID: those that need nothing beyond the weights (Analytic-DPM needs a moment table).
+PROXY_FID_SAMPLERS = ("ddim", "dpm-solver++", "ddpm")
 
 
 def report_targets(report_to: str) -> list[str]:
@@ -237,8 +239,6 @@ def report_targets(report_to: str) -> list[str]:
 
 
 def _validate_ecosystem(cfg: TrainConfig, need) -> None:
-    from ddpm.schedulers.vocabulary import SAMPLERS
-
     need(cfg.grad_accum >= 1, "grad_accum", "a positive integer (1: no accumulation)")
     targets = report_targets(cfg.report_to)
     need(
@@ -252,7 +252,7 @@ def _validate_ecosystem(cfg: TrainConfig, need) -> None:
     need(cfg.fid_every == 0 or bool(cfg.fid_ref_stats), "fid_ref_stats", "a statistics file when fid_every > 0")
     need(cfg.fid_num_samples >= 2, "fid_num_samples", "an integer >= 2")
     need(cfg.fid_num_inference_steps >= 1, "fid_num_inference_steps", "a positive integer")
-    need(cfg.fid_sampler in SAMPLERS, "fid_sampler", f"one of {', '.join(SAMPLERS)}")
+    need(cfg.fid_sampler in PROXY_FID_SAMPLERS, "fid_sampler", f"one of {', '.join(PROXY_FID_SAMPLERS)}")
 
 
 def _coerce(f: dataclasses.Field, value: Any, source: str) -> Any:

@@ -42,6 +42,7 @@ from ddpm.training.config import TrainConfig
 from ddpm.training.data_order import DataOrder, StepBatchSampler
 from ddpm.training.ema import EMA
 from ddpm.training.losses import compute_loss
+from ddpm.training.reporting import open_reporter, progress_display, resolve_targets, show_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -284,8 +285,18 @@ class Trainer:
         scheduler=None,
         resume: bool = False,
         progress: bool | None = None,
+        evaluator=None,
     ):
         self.cfg = config.validate()
+        resolve_targets(self.cfg.report_to)  # a missing tracker package is an error before any work
+        # evaluator(pipeline, step) -> dict of numbers: the proxy FID every fid_every steps (ddpm.cli.train builds it
+        # from ddpm.evaluation.proxy_fid; training does not import evaluation)
+        self.evaluator = evaluator
+        if self.cfg.fid_every and evaluator is None:
+            raise TrainingError(
+                "fid_every needs an evaluator: Trainer(config, evaluator=ddpm.evaluation.proxy_fid.ProxyFID(...)); "
+                "ddpm train --fid-every builds it from --fid-ref-stats"
+            )
         self._model_arg = model
         self._dataset_arg = dataset
         self._scheduler_arg = scheduler
@@ -316,7 +327,9 @@ class Trainer:
         if dataset is None:
             if not self.cfg.data:
                 raise DataError("no training data: pass --data (an image folder, idx, .npz, fashion-mnist, cifar10)")
-            dataset = open_dataset(self.cfg.data, self.cfg.resolution, self.cfg.channels, split="train")
+            dataset = open_dataset(
+                self.cfg.data, self.cfg.resolution, self.cfg.channels, split="train", image_column=self.cfg.image_column
+            )
         if len(dataset) == 0:
             raise DataError("the training data set is empty")
         shape = tuple(dataset[0].shape)
@@ -434,7 +447,7 @@ class Trainer:
             last_checkpoint=resumed_from,
         )
         if info.is_main:
-            loop.writer = self._tensorboard()
+            loop.writer = open_reporter(cfg, self.out, state.step if resumed_from is not None else 0)
             loop.sampler = _SampleState(self, state.model, scheduler, info.device)
             loop.bar = self._progress_bar(state.step)
             logger.info(
@@ -558,7 +571,9 @@ class Trainer:
         if is_main and cfg.sample_every and (step % cfg.sample_every == 0 or step == cfg.max_steps):
             grid = loop.sampler.sample_grid(state.ema, self.out / "samples" / f"step-{step:09d}.png")
             if loop.writer is not None:
-                loop.writer.add_image("samples", np.asarray(grid), step, dataformats="HWC")
+                loop.writer.image("samples", np.asarray(grid), step)
+        if cfg.fid_every and step % cfg.fid_every == 0:
+            self._proxy_fid(state, loop)
 
     def _flush_metrics(self, state: ckpt.RunState, loop: _Loop) -> dict[str, Any]:
         step, info, metrics = state.step, loop.info, loop.metrics
@@ -579,12 +594,9 @@ class Trainer:
         if info.is_main:
             with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
-            if loop.bar is not None:
-                loop.bar.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{values['images_per_s']:.0f}", refresh=False)
+            show_metrics(loop.bar, record)
             if loop.writer is not None:
-                for key, value in record.items():
-                    if key != "step":
-                        loop.writer.add_scalar(f"train/{key}", value, step)
+                loop.writer.scalars(record)
         return record
 
     def _save(self, state: ckpt.RunState, info: ddist.DistInfo) -> Path | None:
@@ -626,26 +638,22 @@ class Trainer:
         except (OSError, ValueError) as err:  # a picture is not worth stopping a run for
             logger.warning("could not draw %s: %s", self.out / "loss.png", err)
 
-    def _tensorboard(self):
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            return None
-        return SummaryWriter(str(self.out / "tensorboard"))
+    def _proxy_fid(self, state: ckpt.RunState, loop: _Loop) -> None:
+        """Rank 0 runs the evaluator on the EMA pipeline, logs its numbers (a metrics line, the trackers' ``eval/``);
+        its time is left out of the next images/s (the metrics window starts later by as much)."""
+        start = time.perf_counter()
+        if loop.info.is_main:
+            values = self.evaluator(loop.sampler.pipeline(state.ema), state.step)
+            record = {"step": state.step, **values}
+            with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+            if loop.writer is not None:
+                loop.writer.scalars(record, prefix="eval")
+        ddist.barrier(loop.info)
+        loop.metrics.start += time.perf_counter() - start
 
     def _progress_bar(self, step: int):
-        if self.progress is False:
-            return None
-        from tqdm.auto import tqdm
-
-        return tqdm(
-            total=self.cfg.max_steps,
-            initial=step,
-            desc="train",
-            unit="step",
-            dynamic_ncols=True,
-            disable=None if self.progress is None else False,
-        )
+        return progress_display(self.progress, step, self.cfg.max_steps, self.cfg.progress_interval)
 
 
 def _can_fork() -> bool:
@@ -664,6 +672,10 @@ class _SampleState:
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
         self.scheduler = scheduler
         self.device = device
+
+    def pipeline(self, ema: EMA):
+        """A pipeline holding the EMA weights (the copy is refreshed on each call)."""
+        return self._pipeline(ema)
 
     def _pipeline(self, ema: EMA):
         from ddpm.pipeline import DDPMPipeline

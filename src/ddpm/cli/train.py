@@ -9,6 +9,7 @@ run with nothing else repeated.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
 from pathlib import Path
@@ -61,12 +62,6 @@ _OPTIONS = [
     ("num_samples", int, "images per sample grid"),
     ("keep_checkpoints", int, "how many newest checkpoints to keep"),
     ("seed", int, "seed of the weights, noise, timesteps, flips and data order"),
-    ("precision", str, "fp32, bf16 (autocast) or fp16 (autocast + gradient scaler)"),
-    ("num_workers", int, "data-loading worker processes"),
-    ("log_every", int, "append to metrics.jsonl every N steps"),
-    ("device", str, "auto, cpu, cuda or cuda:N (under torchrun: the local rank's GPU)"),
-    ("vlb_weight", float, "lambda of the hybrid loss L_simple + lambda*L_vlb (learned variance only)"),
-    ("snr_gamma", float, "Min-SNR-gamma loss weighting (Hang et al. 2023), e.g. 5; 0: unweighted L_simple (the paper)"),
     # docs/training.md: logging, Hugging Face data, gradient accumulation, proxy FID
     ("grad_accum", int, "accumulate K micro-batches of --batch-size per update (exactly a batch K times larger)"),
     ("report_to", str, "none, tensorboard, wandb (offline) or tensorboard,wandb; auto: tensorboard if installed"),
@@ -76,13 +71,19 @@ _OPTIONS = [
     ("fid_ref_stats", str, "reference statistics .npz of the proxy FID (made by ddpm eval fid ... --ref-stats FILE)"),
     ("fid_num_samples", int, "images of each proxy FID"),
     ("fid_num_inference_steps", int, "sampler steps of each proxy FID"),
-    ("fid_sampler", str, "sampler of the proxy FID"),
+    ("fid_sampler", str, "sampler of the proxy FID: ddim, dpm-solver++ or ddpm"),
+    ("precision", str, "fp32, bf16 (autocast) or fp16 (autocast + gradient scaler)"),
+    ("num_workers", int, "data-loading worker processes"),
+    ("log_every", int, "append to metrics.jsonl every N steps"),
+    ("device", str, "auto, cpu, cuda or cuda:N (under torchrun: the local rank's GPU)"),
+    ("vlb_weight", float, "lambda of the hybrid loss L_simple + lambda*L_vlb (learned variance only)"),
+    ("snr_gamma", float, "Min-SNR-gamma loss weighting (Hang et al. 2023), e.g. 5; 0: unweighted L_simple (the paper)"),
 ]
 
 
 def add_parser(subparsers) -> None:
     from ddpm.cli import HelpFormatter
-    from ddpm.training.config import LR_SCHEDULES, PRECISIONS, PROXY_FID_SAMPLERS, TrainConfig
+    from ddpm.training.config import LR_SCHEDULES, PRECISIONS, TrainConfig
 
     defaults = TrainConfig()
     p = subparsers.add_parser(
@@ -102,7 +103,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--model-config", action=_Store, default=None, metavar="FILE", help="UNet config.json (Diffusers)")
     p.add_argument("--output-dir", action=_Store, default=defaults.output_dir, help="run folder")
     for dest, typ, text in _OPTIONS:
-        choices = {"precision": PRECISIONS, "lr_schedule": LR_SCHEDULES, "fid_sampler": PROXY_FID_SAMPLERS}
+        choices = {"precision": PRECISIONS, "lr_schedule": LR_SCHEDULES}
         kwargs = {"choices": choices[dest]} if dest in choices else {}
         p.add_argument(
             "--" + dest.replace("_", "-"), dest=dest, action=_Store, type=typ, default=getattr(defaults, dest),
@@ -180,10 +181,12 @@ def run(args) -> int:
     try:
         evaluator = _proxy_fid(cfg)
     except (ValueError, FileNotFoundError) as err:
-        print(f"ddpm train: {err}", file=sys.stderr)
+        print(f"ddpm train: error: {err}", file=sys.stderr)
         return 2
+    if evaluator is not None:  # the proxy FID is handed in from here: training does not import evaluation
+        Trainer = functools.partial(Trainer, evaluator=evaluator)
     try:
-        result = Trainer(cfg, resume=args.resume, progress=False if args.quiet else None, evaluator=evaluator).run()
+        result = Trainer(cfg, resume=args.resume, progress=False if args.quiet else None).run()
     except (DataError, ConfigError) as err:
         print(f"ddpm train: {err}", file=sys.stderr)
         return 2

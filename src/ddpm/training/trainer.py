@@ -643,7 +643,7 @@ class Trainer:
         its time is left out of the next images/s (the metrics window starts later by as much)."""
         start = time.perf_counter()
         if loop.info.is_main:
-            values = self.evaluator(loop.sampler.pipeline(state.ema), state.step)
+            values = self.evaluator(loop.sampler._pipeline(state.ema), state.step)
             record = {"step": state.step, **values}
             with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
@@ -672,10 +672,6 @@ class _SampleState:
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
         self.scheduler = scheduler
         self.device = device
-
-    def pipeline(self, ema: EMA):
-        """A pipeline holding the EMA weights (the copy is refreshed on each call)."""
-        return self._pipeline(ema)
 
     def _pipeline(self, ema: EMA):
         from ddpm.pipeline import DDPMPipeline

@@ -9,7 +9,6 @@ run with nothing else repeated.
 from __future__ import annotations
 
 import argparse
-import functools
 import logging
 import sys
 from pathlib import Path
@@ -178,13 +177,13 @@ def run(args) -> int:
     if args.dry_run:
         sys.stdout.write(cfg.to_json())
         return 0
-    try:
+    if cfg.fid_every:  # the proxy FID is handed to the Trainer from here: training does not import evaluation
+        from functools import partial
+
         evaluator = _proxy_fid(cfg)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"ddpm train: error: {err}", file=sys.stderr)
-        return 2
-    if evaluator is not None:  # the proxy FID is handed in from here: training does not import evaluation
-        Trainer = functools.partial(Trainer, evaluator=evaluator)
+        if evaluator is None:
+            return 2
+        Trainer = partial(Trainer, evaluator=evaluator)
     try:
         result = Trainer(cfg, resume=args.resume, progress=False if args.quiet else None).run()
     except (DataError, ConfigError) as err:
@@ -199,14 +198,16 @@ def run(args) -> int:
 
 
 def _proxy_fid(cfg):
-    """The proxy-FID evaluator of ``--fid-every`` (None without it); its reference file is read now."""
-    if not cfg.fid_every:
-        return None
+    """The proxy-FID evaluator of ``--fid-every`` (its reference file is read now), or None after printing why not."""
     from ddpm.evaluation.proxy_fid import ProxyFID
 
-    evaluator = ProxyFID(
-        cfg.fid_ref_stats, num_samples=cfg.fid_num_samples, num_inference_steps=cfg.fid_num_inference_steps,
-        sampler=cfg.fid_sampler, seed=cfg.sample_seed,
-    )  # fmt: skip
+    try:
+        evaluator = ProxyFID(
+            cfg.fid_ref_stats, num_samples=cfg.fid_num_samples, num_inference_steps=cfg.fid_num_inference_steps,
+            sampler=cfg.fid_sampler, seed=cfg.sample_seed,
+        )  # fmt: skip
+    except (ValueError, FileNotFoundError) as err:
+        print(f"ddpm train: error: {err}", file=sys.stderr)
+        return None
     logging.getLogger(__name__).info("every %d steps: %s", cfg.fid_every, evaluator.describe())
     return evaluator

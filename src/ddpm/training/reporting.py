@@ -21,7 +21,7 @@ Off a terminal (stderr piped to a file, a batch scheduler) a tqdm bar is replace
 per metrics flush (every ``--log-every`` steps), at most one every ``--progress-interval`` seconds, and always the
 last step, e.g.::
 
-    train step 1200/800000 (0.2%) | loss 0.0652 | 345.1 img/s | lr 2.00e-04 | elapsed 0:04:10 | eta 3d 04:05:06
+    train step 1200/800000 (0.2%) | loss 0.0652 | 345 img/s | lr 2.00e-04 | elapsed 0:04:10 | eta 3d 4:05:06
 """
 
 from __future__ import annotations
@@ -88,9 +88,8 @@ class _TensorBoard:
         if not resumed_step:
             self.writer.add_text("config", "```json\n" + config_json + "```", 0)
 
-    def scalars(self, values: dict[str, float], step: int) -> None:
-        for key, value in values.items():
-            self.writer.add_scalar(key, value, step)
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        self.writer.add_scalar(tag, value, step)
 
     def image(self, tag: str, image: np.ndarray, step: int) -> None:
         self.writer.add_image(tag, image, step, dataformats="HWC")
@@ -136,8 +135,8 @@ class _Wandb:
             self.last_step = step
             self._save_state()
 
-    def scalars(self, values: dict[str, float], step: int) -> None:
-        self._log(dict(values), step)
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        self._log({tag: value}, step)  # several calls at one step make one W&B history row
 
     def image(self, tag: str, image: np.ndarray, step: int) -> None:
         self._log({tag: self.wandb.Image(image)}, step)
@@ -147,29 +146,28 @@ class _Wandb:
 
 
 class Reporter:
-    """The run's trackers (rank 0): scalars, images, the config once; nothing for steps up to ``resumed_step``."""
+    """The run's trackers (rank 0) behind the part of TensorBoard's ``SummaryWriter`` interface the trainer uses
+    (``add_scalar``, ``add_image``, ``close``); nothing is reported for steps up to ``resumed_step``."""
 
     def __init__(self, trackers: list, resumed_step: int = 0):
         self.trackers = trackers
         self.resumed_step = resumed_step
 
-    def scalars(self, record: dict[str, Any], prefix: str = "train") -> None:
-        """The numbers of one metrics record (its ``step`` says where) as ``prefix/key``."""
-        step = int(record["step"])
-        values = {
-            f"{prefix}/{k}": float(v)
-            for k, v in record.items()
-            if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)
-        }
-        if step > self.resumed_step and values:
+    def add_scalar(self, tag: str, value: Any, step: int) -> None:
+        if step > self.resumed_step and isinstance(value, (int, float)) and not isinstance(value, bool):
             for tracker in self.trackers:
-                tracker.scalars(values, step)
+                tracker.scalar(tag, float(value), step)
 
-    def image(self, tag: str, image: np.ndarray, step: int) -> None:
-        """A uint8 HWC image (a sample grid)."""
+    def add_image(self, tag: str, image: np.ndarray, step: int, dataformats: str = "HWC") -> None:
+        """A uint8 image (a sample grid), HWC or CHW."""
+        image = np.asarray(image)
+        if dataformats == "CHW":
+            image = image.transpose(1, 2, 0)
+        elif dataformats != "HWC":
+            raise ValueError(f"dataformats={dataformats!r}: must be HWC or CHW")
         if step > self.resumed_step:
             for tracker in self.trackers:
-                tracker.image(tag, np.asarray(image), step)
+                tracker.image(tag, image, step)
 
     def close(self) -> None:
         for tracker in self.trackers:
@@ -203,27 +201,26 @@ def _duration(seconds: float) -> str:
 
 class PlainProgress:
     """Progress as plain lines on ``stream`` (default stderr), for logs: the stand-in for the tqdm bar off a
-    terminal. :meth:`update` counts steps; :meth:`show` prints a line for a metrics record (step/max, loss, img/s, lr,
-    elapsed, ETA from this process's mean step time) when ``interval`` seconds have passed since the last line, and
-    always for the first record and the last step."""
+    terminal, with the part of its interface the trainer uses. :meth:`update` counts steps; :meth:`set_postfix` (the
+    trainer's metrics flush: the formatted ``loss`` and ``img_s``) prints a line (step/max, loss, img/s, the LR from
+    ``lr(step)``, elapsed, ETA from this process's mean step time) when ``interval`` seconds have passed since the
+    last line, and always for the first flush and the last step."""
 
-    def __init__(self, start_step: int, max_steps: int, interval: float = 30.0, stream: TextIO | None = None):
+    def __init__(self, start_step: int, max_steps: int, interval: float = 30.0, stream: TextIO | None = None, lr=None):
         self.start_step = self.step = start_step
         self.max_steps = max_steps
         self.interval = interval
         self.stream = stream
+        self.lr = lr
         self.start = time.perf_counter()
         self.last_line: float | None = None
 
     def update(self, n: int = 1) -> None:
         self.step += n
 
-    def set_postfix(self, *args, **kwargs) -> None:  # tqdm's interface; the numbers come through show()
-        pass
-
-    def show(self, record: dict[str, Any]) -> str | None:
+    def set_postfix(self, loss: str | None = None, img_s: str | None = None, refresh: bool = True) -> str | None:
         now = time.perf_counter()
-        step = int(record["step"])
+        step = self.step
         due = self.last_line is None or now - self.last_line >= self.interval or step >= self.max_steps
         if not due:
             return None
@@ -232,42 +229,34 @@ class PlainProgress:
         done = step - self.start_step
         eta = elapsed / done * (self.max_steps - step) if done > 0 else float("nan")
         parts = [f"train step {step}/{self.max_steps} ({100.0 * step / self.max_steps:.1f}%)"]
-        if "loss" in record:
-            parts.append(f"loss {record['loss']:.4g}")
-        if "images_per_s" in record:
-            parts.append(f"{record['images_per_s']:.1f} img/s")
-        if "lr" in record:
-            parts.append(f"lr {record['lr']:.2e}")
+        if loss is not None:
+            parts.append(f"loss {loss}")
+        if img_s is not None:
+            parts.append(f"{img_s} img/s")
+        if self.lr is not None:
+            parts.append(f"lr {self.lr(step):.2e}")
         parts.append(f"elapsed {_duration(elapsed)}")
         parts.append(f"eta {_duration(eta)}" if eta == eta else "eta ?")
         line = " | ".join(parts)
-        stream = self.stream if self.stream is not None else sys.stderr
-        print(line, file=stream, flush=True)
+        print(line, file=self.stream if self.stream is not None else sys.stderr, flush=True)
         return line
 
     def close(self) -> None:
         pass
 
 
-def show_metrics(bar, record: dict[str, Any]) -> None:
-    """Hand a metrics record to the progress display: a tqdm bar's postfix, or a :class:`PlainProgress` line."""
-    if bar is None:
-        return
-    if isinstance(bar, PlainProgress):
-        bar.show(record)
-    else:
-        bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.0f}", refresh=False)
-
-
-def progress_display(progress: bool | None, start_step: int, max_steps: int, interval: float, stream=None):
+def progress_display(
+    progress: bool | None, start_step: int, max_steps: int, interval: float = 30.0, stream=None, lr=None
+):
     """What shows progress: None (``progress`` False), a tqdm bar (``progress`` True, or None on a terminal), or
-    :class:`PlainProgress` lines (``progress`` None off a terminal)."""
+    :class:`PlainProgress` lines (``progress`` None off a terminal). ``lr(step)``: the LR of the update that made
+    ``step``, for the lines."""
     if progress is False:
         return None
     stream = stream if stream is not None else sys.stderr
     isatty = getattr(stream, "isatty", None)
     if progress is None and not (isatty is not None and isatty()):
-        return PlainProgress(start_step, max_steps, interval, stream)
+        return PlainProgress(start_step, max_steps, interval, stream, lr=lr)
     from tqdm.auto import tqdm
 
     return tqdm(total=max_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True, file=stream)

@@ -42,7 +42,6 @@ from ddpm.training.config import TrainConfig
 from ddpm.training.data_order import DataOrder, StepBatchSampler
 from ddpm.training.ema import EMA
 from ddpm.training.losses import compute_loss
-from ddpm.training.reporting import open_reporter, progress_display, resolve_targets, show_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +73,7 @@ class TrainResult:
 # options a resume may change (with a warning that the run is no longer an exact continuation)
 _RESUME_WARN_KEYS = (
     "batch_size",
+    "grad_accum",
     "seed",
     "lr",
     "warmup_steps",
@@ -83,7 +83,6 @@ _RESUME_WARN_KEYS = (
     "ema_decay",
     "precision",
     "hflip",
-    "grad_accum",
 )
 
 
@@ -288,7 +287,10 @@ class Trainer:
         evaluator=None,
     ):
         self.cfg = config.validate()
+        from ddpm.training.reporting import resolve_targets
+
         resolve_targets(self.cfg.report_to)  # a missing tracker package is an error before any work
+        self._resumed_step = 0  # the trackers report only the steps after it
         # evaluator(pipeline, step) -> dict of numbers: the proxy FID every fid_every steps (ddpm.cli.train builds it
         # from ddpm.evaluation.proxy_fid; training does not import evaluation)
         self.evaluator = evaluator
@@ -447,7 +449,7 @@ class Trainer:
             last_checkpoint=resumed_from,
         )
         if info.is_main:
-            loop.writer = open_reporter(cfg, self.out, state.step if resumed_from is not None else 0)
+            loop.writer = self._tensorboard()
             loop.sampler = _SampleState(self, state.model, scheduler, info.device)
             loop.bar = self._progress_bar(state.step)
             logger.info(
@@ -502,6 +504,7 @@ class Trainer:
         state.load_state_dict(payload, info.rank, info.world_size, warn=info.is_main)
         if info.is_main:
             logger.info("resumed from step %d", state.step)
+        self._resumed_step = state.step
         return path
 
     def _check_resumable(self, saved_cfg: dict[str, Any], warn: bool) -> None:
@@ -563,6 +566,8 @@ class Trainer:
         save_now = step % cfg.checkpoint_every == 0 or step == cfg.max_steps
         if step % cfg.log_every == 0 or save_now:
             loop.last_metrics = self._flush_metrics(state, loop)
+        if cfg.fid_every and step % cfg.fid_every == 0:
+            self._proxy_fid(state, loop)
         if save_now:
             loop.last_checkpoint = self._save(state, loop.info)
             if is_main:
@@ -571,9 +576,7 @@ class Trainer:
         if is_main and cfg.sample_every and (step % cfg.sample_every == 0 or step == cfg.max_steps):
             grid = loop.sampler.sample_grid(state.ema, self.out / "samples" / f"step-{step:09d}.png")
             if loop.writer is not None:
-                loop.writer.image("samples", np.asarray(grid), step)
-        if cfg.fid_every and step % cfg.fid_every == 0:
-            self._proxy_fid(state, loop)
+                loop.writer.add_image("samples", np.asarray(grid), step, dataformats="HWC")
 
     def _flush_metrics(self, state: ckpt.RunState, loop: _Loop) -> dict[str, Any]:
         step, info, metrics = state.step, loop.info, loop.metrics
@@ -594,9 +597,12 @@ class Trainer:
         if info.is_main:
             with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
-            show_metrics(loop.bar, record)
+            if loop.bar is not None:
+                loop.bar.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{values['images_per_s']:.0f}", refresh=False)
             if loop.writer is not None:
-                loop.writer.scalars(record)
+                for key, value in record.items():
+                    if key != "step":
+                        loop.writer.add_scalar(f"train/{key}", value, step)
         return record
 
     def _save(self, state: ckpt.RunState, info: ddist.DistInfo) -> Path | None:
@@ -638,22 +644,38 @@ class Trainer:
         except (OSError, ValueError) as err:  # a picture is not worth stopping a run for
             logger.warning("could not draw %s: %s", self.out / "loss.png", err)
 
+    def _tensorboard(self):
+        """The trackers of ``report_to`` (:mod:`ddpm.training.reporting`; a TensorBoard-like writer, or None)."""
+        from ddpm.training.reporting import open_reporter
+
+        return open_reporter(self.cfg, self.out, self._resumed_step)
+
+    def _progress_bar(self, step: int):
+        """A tqdm bar on a terminal, plain lines off one (:func:`ddpm.training.reporting.progress_display`)."""
+        from ddpm.training.reporting import progress_display
+
+        return progress_display(
+            self.progress,
+            step,
+            self.cfg.max_steps,
+            self.cfg.progress_interval,
+            lr=lambda s: learning_rate(self.cfg, s - 1),
+        )
+
     def _proxy_fid(self, state: ckpt.RunState, loop: _Loop) -> None:
         """Rank 0 runs the evaluator on the EMA pipeline, logs its numbers (a metrics line, the trackers' ``eval/``);
-        its time is left out of the next images/s (the metrics window starts later by as much)."""
+        its time is left out of images/s (the metrics window starts later by as much)."""
         start = time.perf_counter()
         if loop.info.is_main:
             values = self.evaluator(loop.sampler._pipeline(state.ema), state.step)
-            record = {"step": state.step, **values}
             with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+                f.write(json.dumps({"step": state.step, **values}) + "\n")
             if loop.writer is not None:
-                loop.writer.scalars(record, prefix="eval")
+                for key, value in values.items():
+                    if isinstance(value, (int, float)):
+                        loop.writer.add_scalar(f"eval/{key}", value, state.step)
         ddist.barrier(loop.info)
         loop.metrics.start += time.perf_counter() - start
-
-    def _progress_bar(self, step: int):
-        return progress_display(self.progress, step, self.cfg.max_steps, self.cfg.progress_interval)
 
 
 def _can_fork() -> bool:

@@ -16,7 +16,7 @@ from ddpm.training.config import ConfigError
 from ddpm.training.trainer import Trainer
 from test_train_loop import _cfg, _npz
 
-RUN = dict(max_steps=8, checkpoint_every=3, log_every=1, sample_every=3, sample_steps=2, num_samples=4, dropout=0.0)
+RUN = dict(max_steps=6, checkpoint_every=3, log_every=1, sample_every=3, sample_steps=1, num_samples=2, dropout=0.0)
 
 
 class _Stop(Exception):
@@ -134,18 +134,18 @@ def test_tensorboard_events_without_duplicates_after_a_resume(tmp_path, monkeypa
     assert [t[0] for t in first.texts] == ["config"] and json.loads(first.texts[0][1].strip("`json\n"))["seed"] == 0
     assert second.texts == []  # the config once per run
     loss_steps = lambda w: [s for tag, _, s in w.scalars if tag == "train/loss"]  # noqa: E731
-    assert loss_steps(first) == [1, 2, 3, 4, 5] and loss_steps(second) == [4, 5, 6, 7, 8]
+    assert loss_steps(first) == [1, 2, 3, 4, 5] and loss_steps(second) == [4, 5, 6]
     for tag in ("train/lr", "train/grad_norm", "train/images_per_s", "train/loss_q0"):
         assert tag in {t for t, _, _ in second.scalars}
     assert [(i[0], i[2], i[3]) for i in first.images] == [("samples", "HWC", 3)]
-    assert [i[3] for i in second.images] == [6, 8] and second.images[0][1][2] == 3
+    assert [i[3] for i in second.images] == [6] and second.images[0][1][2] == 3
     # What TensorBoard shows: the first writer's events before the purge step, then the second's: each step once.
     shown = [(t, s) for t, _, s in first.scalars if s < second.purge_step] + [(t, s) for t, _, s in second.scalars]
     assert len(shown) == len(set(shown))
     metrics = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     by_step = {r["step"]: r["loss"] for r in metrics}
     assert {s: v for t, v, s in second.scalars if t == "train/loss"} == pytest.approx(
-        {s: by_step[s] for s in range(4, 9)}
+        {s: by_step[s] for s in range(4, 7)}
     )
 
 
@@ -169,8 +169,8 @@ def test_real_tensorboard_event_files_have_each_step_once(tmp_path, monkeypatch)
     Trainer(cfg, resume=True, progress=False).run()
     acc = EventAccumulator(str(tmp_path / "run" / "tensorboard"), purge_orphaned_data=True)
     acc.Reload()
-    assert [e.step for e in acc.Scalars("train/loss")] == list(range(1, 9))
-    assert [e.step for e in acc.Images("samples")] == [3, 6, 8]
+    assert [e.step for e in acc.Scalars("train/loss")] == list(range(1, 7))
+    assert [e.step for e in acc.Images("samples")] == [3, 6]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -213,12 +213,12 @@ def test_wandb_offline_run_resumes_the_same_run_without_resending_steps(tmp_path
     assert first["mode"] == second["mode"] == "offline" and first["dir"] == str(tmp_path / "run")
     assert first["id"] == second["id"] and second["resume"] == "allow" and first["config"]["report_to"] == "wandb"
     steps = [step for step, payload in fake_wandb.logged if "train/loss" in payload]
-    assert steps == [1, 2, 3, 4, 5, 6, 7, 8]  # 4 and 5 are not sent again
+    assert steps == [1, 2, 3, 4, 5, 6]  # 4 and 5 are not sent again
     images = [(step, payload["samples"].shape) for step, payload in fake_wandb.logged if "samples" in payload]
-    assert [s for s, _ in images] == [3, 6, 8] and images[0][1][2] == 3
+    assert [s for s, _ in images] == [3, 6] and images[0][1][2] == 3
     saved = json.loads((tmp_path / "run" / "wandb-run.json").read_text())
-    assert saved == {"id": first["id"], "last_step": 8} and fake_wandb.finished
-    last = {key for step, payload in fake_wandb.logged if step == 8 for key in payload}
+    assert saved == {"id": first["id"], "last_step": 6} and fake_wandb.finished
+    last = {key for step, payload in fake_wandb.logged if step == 6 for key in payload}
     assert {"train/lr", "train/grad_norm", "train/images_per_s", "samples"} <= last
 
 

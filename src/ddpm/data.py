@@ -429,11 +429,13 @@ def open_dataset(
     resolution: int | None = None,
     channels: int | None = None,
     split: str = "train",
+    image_column: str | None = None,
 ) -> ArrayImageDataset | ImageFolderDataset:
     """Open a data source (see the module docstring) as a data set of uint8 ``[C, H, W]`` tensors.
 
     ``resolution``/``channels`` of ``None`` keep what the source has (a folder then needs ``resolution``).
-    ``split`` ("train" or "test") picks the split of named and idx sources.
+    ``split`` ("train" or "test") picks the split of named and idx sources. Hugging Face data sets (``hf:NAME[:SPLIT]``
+    or a ``save_to_disk`` folder) are read by :mod:`ddpm.data_hf`, from ``image_column`` (default: auto-detected).
     """
     if split not in ("train", "test"):
         raise DataError(f"split must be 'train' or 'test', got {split!r}")
@@ -442,6 +444,10 @@ def open_dataset(
     if resolution is not None and (int(resolution) != resolution or resolution < 1):
         raise DataError(f"resolution must be a positive integer, got {resolution!r}")
     text = str(spec)
+    from ddpm import data_hf
+
+    if data_hf.is_hf_source(text):
+        return data_hf.open_hf_dataset(text, resolution, channels, split, image_column=image_column)
     name, _, arg = text.partition(":")
     if name.lower() in ("fashion-mnist", "fashion_mnist", "fashionmnist") and not Path(text).exists():
         folder = Path(arg) if arg else next((Path(d) for d in FASHION_MNIST_DIRS if Path(d).is_dir()), None)

@@ -74,7 +74,7 @@ class _Deprecated(_Store):
 
 # dest -> (flag, type, help); defaults come from TrainConfig so --help shows the real ones.
 _OPTIONS = [
-    ("data", str, "training images: an image folder, an idx file/folder, an .npz, fashion-mnist, cifar10[:PATH]"),
+    ("data", str, "training images: an image folder, idx, .npz, fashion-mnist, cifar10[:PATH] or hf:NAME[:SPLIT]"),
     ("resolution", int, "image side in pixels"),
     ("channels", int, "image channels (1 or 3)"),
     ("batch_size", int, "global batch size (split across processes)"),
@@ -93,6 +93,16 @@ _OPTIONS = [
     ("num_samples", int, "images per sample grid"),
     ("keep_checkpoints", int, "how many newest checkpoints to keep"),
     ("seed", int, "seed of the weights, noise, timesteps, flips and data order"),
+    # docs/training.md: logging, Hugging Face data, gradient accumulation, proxy FID
+    ("grad_accum", int, "accumulate K micro-batches of --batch-size per update (exactly a batch K times larger)"),
+    ("report_to", str, "none, tensorboard, wandb (offline) or tensorboard,wandb; auto: tensorboard if installed"),
+    ("progress_interval", float, "off a terminal: a plain progress line at most every S seconds (0: at every log)"),
+    ("image_column", str, "Hugging Face data: the image column (default: the first Image feature)"),
+    ("fid_every", int, "a proxy FID every N steps (few-step sampler, --fid-num-samples images; 0: never)"),
+    ("fid_ref_stats", str, "reference statistics .npz of the proxy FID (made by ddpm eval fid ... --ref-stats FILE)"),
+    ("fid_num_samples", int, "images of each proxy FID"),
+    ("fid_num_inference_steps", int, "sampler steps of each proxy FID"),
+    ("fid_sampler", str, "sampler of the proxy FID: ddim, dpm-solver++ or ddpm"),
     ("precision", str, "fp32, bf16 (autocast) or fp16 (autocast + gradient scaler)"),
     ("num_workers", int, "data-loading worker processes"),
     ("log_every", int, "append to metrics.jsonl every N steps"),
@@ -298,6 +308,13 @@ def run(args) -> int:
         sys.stdout.write(cfg.to_json())
         return 0
     _default_threads(cfg, args)
+    if cfg.fid_every:  # the proxy FID is handed to the Trainer from here: training does not import evaluation
+        from functools import partial
+
+        evaluator = _proxy_fid(cfg)
+        if evaluator is None:
+            return 2
+        Trainer = partial(Trainer, evaluator=evaluator)
     try:
         result = Trainer(cfg, resume=args.resume, progress=False if args.no_progress else None).run()
     except ConfigError as err:
@@ -317,3 +334,19 @@ def run(args) -> int:
     if result.pipeline_dir is not None:
         print(f"trained to step {result.step}; pipeline (EMA weights): {result.pipeline_dir}")
     return 0
+
+
+def _proxy_fid(cfg):
+    """The proxy-FID evaluator of ``--fid-every`` (its reference file is read now), or None after printing why not."""
+    from ddpm.evaluation.proxy_fid import ProxyFID
+
+    try:
+        evaluator = ProxyFID(
+            cfg.fid_ref_stats, num_samples=cfg.fid_num_samples, num_inference_steps=cfg.fid_num_inference_steps,
+            sampler=cfg.fid_sampler, seed=cfg.sample_seed,
+        )  # fmt: skip
+    except (ValueError, FileNotFoundError) as err:
+        print(f"ddpm train: error: {err}", file=sys.stderr)
+        return None
+    logging.getLogger(__name__).info("every %d steps: %s", cfg.fid_every, evaluator.describe())
+    return evaluator

@@ -114,6 +114,16 @@ class TrainConfig:
     max_steps: int = 800_000
     precision: str = "fp32"  # fp32, bf16 (autocast) or fp16 (autocast + gradient scaler)
     seed: int = 0
+    # Ecosystem conventions (docs/training.md: logging, Hugging Face data, gradient accumulation, proxy FID)
+    grad_accum: int = 1  # micro-batches of batch_size per update: the update of one batch grad_accum * batch_size
+    report_to: str = "auto"  # none, tensorboard, wandb or a comma list; auto: tensorboard if installed
+    progress_interval: float = 30.0  # off a terminal: a plain progress line at most every S seconds (0: every log)
+    image_column: str | None = None  # Hugging Face data: the image column (default: the first Image feature)
+    fid_every: int = 0  # proxy FID every N steps on rank 0 (0: off); needs fid_ref_stats
+    fid_ref_stats: str | None = None  # reference statistics .npz (ddpm eval fid ... --ref-stats FILE)
+    fid_num_samples: int = 500  # images of the proxy FID
+    fid_num_inference_steps: int = 25  # steps of the proxy FID's sampler
+    fid_sampler: str = "ddim"  # the proxy FID's sampler: ddim, dpm-solver++ or ddpm
     # Outputs
     output_dir: str = "runs/ddpm"
     checkpoint_every: int = 5000
@@ -199,6 +209,7 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         """Check every value; raise :class:`ConfigError` naming the first bad one. Returns self."""
+        _validate_ecosystem(self)
 
         def need(ok: bool, key: str, allowed: str) -> None:
             if not ok:
@@ -310,6 +321,48 @@ def _device_name_ok(name: Any) -> bool:
         return True
     head, _, index = name.partition(":")
     return head == "cuda" and index.isdigit()
+
+
+REPORT_TARGETS = ("none", "auto", "tensorboard", "wandb")
+#: Samplers of the proxy FID: those that need nothing beyond the weights (Analytic-DPM needs a moment table).
+PROXY_FID_SAMPLERS = ("ddim", "dpm-solver++", "ddpm")
+
+
+def report_targets(report_to: str) -> list[str]:
+    """The targets of ``report_to`` ("none", "auto", "tensorboard", "wandb", or a comma list of the last two)."""
+    names = [n.strip().lower() for n in str(report_to).split(",") if n.strip()]
+    return [n for n in dict.fromkeys(names) if n != "none"]
+
+
+def _validate_ecosystem(cfg: TrainConfig) -> None:
+    """The options of gradient accumulation, reporting, Hugging Face data and the proxy FID."""
+
+    def need(ok: bool, key: str, allowed: str) -> None:
+        if not ok:
+            value = getattr(cfg, key)
+            err = ConfigError(f"invalid {key}={value!r}: must be {allowed}")
+            err.key, err.value, err.allowed = key, value, allowed  # for a command line to name its own option
+            raise err
+
+    need(_is_int(cfg.grad_accum) and cfg.grad_accum >= 1, "grad_accum", "a positive integer (1: no accumulation)")
+    targets = report_targets(cfg.report_to) if isinstance(cfg.report_to, str) else ["?"]
+    need(
+        all(t in REPORT_TARGETS for t in targets) and ("auto" not in targets or len(targets) == 1),
+        "report_to",
+        "none, auto, tensorboard, wandb or a comma list of tensorboard and wandb",
+    )
+    need(cfg.progress_interval >= 0, "progress_interval", ">= 0 seconds (0: a line at every --log-every)")
+    need(cfg.image_column is None or bool(cfg.image_column), "image_column", "a column name")
+    need(_is_int(cfg.fid_every) and cfg.fid_every >= 0, "fid_every", "an integer >= 0 (0: no proxy FID)")
+    need(cfg.fid_every == 0 or bool(cfg.fid_ref_stats), "fid_ref_stats", "a statistics file when fid_every > 0")
+    need(_is_int(cfg.fid_num_samples) and cfg.fid_num_samples >= 2, "fid_num_samples", "an integer >= 2")
+    need(_is_int(cfg.fid_num_inference_steps) and cfg.fid_num_inference_steps >= 1, "fid_num_inference_steps",
+         "a positive integer")  # fmt: skip
+    need(cfg.fid_sampler in PROXY_FID_SAMPLERS, "fid_sampler", f"one of {', '.join(PROXY_FID_SAMPLERS)}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _coerce(f: dataclasses.Field, value: Any, source: str) -> Any:

@@ -99,6 +99,7 @@ class TrainResult:
 # options a resume may change (with a warning that the run is no longer an exact continuation)
 _RESUME_WARN_KEYS = (
     "batch_size",
+    "grad_accum",
     "seed",
     "lr",
     "warmup_steps",
@@ -182,9 +183,14 @@ def optimisation_step(
     ema: EMA | None = None,
     ema_model: nn.Module | None = None,
     params: list[torch.Tensor] | None = None,
+    micro_batches: int = 1,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     """One update: loss on ``(x0, noise, t)``, backward (scaled when a scaler is given), clip the global gradient
     norm, Adam at learning rate ``lr``, then the EMA of ``ema_model`` (default ``model``). No host sync.
+
+    ``micro_batches`` K > 1 accumulates the gradient over K equal consecutive slices of the batch (the backward of
+    each slice's mean loss divided by K): the same update as the whole batch, up to float rounding, with the
+    activation memory of one slice (:func:`ddpm.training.accumulation.accumulate_gradients`).
 
     Returns the per-sample loss terms, the batch loss and the gradient norm before clipping (tensors).
     """
@@ -192,16 +198,29 @@ def optimisation_step(
         params = [p for p in model.parameters() if p.requires_grad]
     for group in optimizer.param_groups:
         group["lr"] = lr
-    terms = compute_loss(model, scheduler, x0, noise, t, vlb_weight, autocast_dtype, snr_gamma=snr_gamma)
-    loss = terms["loss"].mean()
-    if scaler is not None and scaler.is_enabled():
-        scaler.scale(loss).backward()
+    use_scaler = scaler is not None and scaler.is_enabled()
+    if micro_batches > 1:
+        from ddpm.training.accumulation import accumulate_gradients
+
+        def loss_of(xs, ns, ts):
+            return compute_loss(model, scheduler, xs, ns, ts, vlb_weight, autocast_dtype, snr_gamma=snr_gamma)
+
+        terms, loss = accumulate_gradients(
+            loss_of, model, x0, noise, t, micro_batches, scale=scaler.scale if use_scaler else None
+        )
+    else:
+        terms = compute_loss(model, scheduler, x0, noise, t, vlb_weight, autocast_dtype, snr_gamma=snr_gamma)
+        loss = terms["loss"].mean()
+    if use_scaler:
+        if micro_batches == 1:
+            scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
         grad_norm = _grad_norm(params, grad_clip)
         scaler.step(optimizer)
         scaler.update()
     else:
-        loss.backward()
+        if micro_batches == 1:
+            loss.backward()
         grad_norm = _grad_norm(params, grad_clip)
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -314,8 +333,21 @@ class Trainer:
         scheduler=None,
         resume: bool = False,
         progress: bool | None = None,
+        evaluator=None,
     ):
         self.cfg = config.validate()
+        from ddpm.training.reporting import resolve_targets
+
+        resolve_targets(self.cfg.report_to)  # a missing tracker package is an error before any work
+        self._resumed_step = 0  # the trackers report only the steps after it
+        # evaluator(pipeline, step) -> dict of numbers: the proxy FID every fid_every steps (ddpm.cli.train builds it
+        # from ddpm.evaluation.proxy_fid; training does not import evaluation)
+        self.evaluator = evaluator
+        if self.cfg.fid_every and evaluator is None:
+            raise TrainingError(
+                "fid_every needs an evaluator: Trainer(config, evaluator=ddpm.evaluation.proxy_fid.ProxyFID(...)); "
+                "ddpm train --fid-every builds it from --fid-ref-stats"
+            )
         self._model_arg = model
         self._dataset_arg = dataset
         self._scheduler_arg = scheduler
@@ -348,7 +380,9 @@ class Trainer:
         if dataset is None:
             if not self.cfg.data:
                 raise DataError("no training data: pass --data (an image folder, idx, .npz, fashion-mnist, cifar10)")
-            dataset = open_dataset(self.cfg.data, self.cfg.resolution, self.cfg.channels, split="train")
+            dataset = open_dataset(
+                self.cfg.data, self.cfg.resolution, self.cfg.channels, split="train", image_column=self.cfg.image_column
+            )
         if len(dataset) == 0:
             raise DataError("the training data set is empty")
         shape = tuple(dataset[0].shape)
@@ -451,7 +485,7 @@ class Trainer:
         self._lock_run_folder(info)
         dataset = self._open_data_everywhere(info)
         environment = run_folder.environment(dataset, info.device)
-        state = self._new_state(info, DataOrder(len(dataset), cfg.batch_size, cfg.seed))
+        state = self._new_state(info, DataOrder(len(dataset), cfg.batch_size * cfg.grad_accum, cfg.seed))
         resumed_from = self._resume(state, info, environment)
         ddist.barrier(info)
         if info.is_main:
@@ -469,7 +503,7 @@ class Trainer:
             # Compiles on the first step; the plain model stays what is checkpointed, averaged and exported.
             train_model = torch.compile(train_model, dynamic=False)  # fixed shapes: one graph, no symbolic sizes
         scheduler = self._build_scheduler()
-        per_rank = cfg.batch_size // info.world_size
+        per_rank = cfg.batch_size * cfg.grad_accum // info.world_size  # this rank's images of one update
         loop = _Loop(
             info=info,
             dataset=dataset,
@@ -572,6 +606,7 @@ class Trainer:
         state.load_state_dict(payload, info.rank, info.world_size, warn=info.is_main)
         if info.is_main:
             logger.info("resumed from step %d", state.step)
+        self._resumed_step = state.step
         return path
 
     def _check_resumable(self, saved_cfg: dict[str, Any], warn: bool) -> None:
@@ -601,9 +636,10 @@ class Trainer:
     # ---------------------------------------------------------------------------------------------------------
     def _step(self, state: ckpt.RunState, loop: _Loop, images: torch.Tensor) -> None:
         """One update on this rank's slice of the global batch of step ``state.step``; the global batch's timesteps,
-        noise and flips are drawn whole from the run's generator, so N processes see what one process would."""
+        noise and flips are drawn whole from the run's generator, so N processes see what one process would. With
+        ``grad_accum`` K the update's batch is K * batch_size, drawn the same way and then run in K micro-batches."""
         cfg, device = self.cfg, loop.info.device
-        B, C, R = cfg.batch_size, cfg.channels, cfg.resolution
+        B, C, R = cfg.batch_size * cfg.grad_accum, cfg.channels, cfg.resolution
         T = loop.scheduler.config.num_train_timesteps
         noise_gen = state.generators["noise"]
         x0 = to_model_range(images.to(device, non_blocking=True))
@@ -617,7 +653,7 @@ class Trainer:
             loop.train_model, loop.scheduler, state.optimizer, x0, noise, t,
             lr=learning_rate(cfg, state.step), grad_clip=cfg.grad_clip, vlb_weight=cfg.vlb_weight,
             snr_gamma=cfg.snr_gamma, autocast_dtype=loop.autocast_dtype, scaler=state.scaler, ema=state.ema,
-            ema_model=state.model, params=loop.params,
+            ema_model=state.model, params=loop.params, micro_batches=cfg.grad_accum,
         )  # fmt: skip
         state.step += 1
         loop.weight_norms.append(_total_norm(loop.params).detach())  # read with the metrics: NaN weights never saved
@@ -633,6 +669,8 @@ class Trainer:
         save_now = step % cfg.checkpoint_every == 0 or step == cfg.max_steps
         if step % cfg.log_every == 0 or save_now:
             loop.last_metrics = self._flush_metrics(state, loop)
+        if cfg.fid_every and step % cfg.fid_every == 0:
+            self._proxy_fid(state, loop)
         if save_now:
             loop.last_checkpoint = self._save(state, loop)
             if is_main:
@@ -820,25 +858,37 @@ class Trainer:
         self._record_output("loss_curve", step)
 
     def _tensorboard(self):
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            return None
-        return SummaryWriter(str(self.out / "tensorboard"))
+        """The trackers of ``report_to`` (:mod:`ddpm.training.reporting`; a TensorBoard-like writer, or None)."""
+        from ddpm.training.reporting import open_reporter
+
+        return open_reporter(self.cfg, self.out, self._resumed_step)
 
     def _progress_bar(self, step: int):
-        if self.progress is False:
-            return None
-        from tqdm.auto import tqdm
+        """A tqdm bar on a terminal, plain lines off one (:func:`ddpm.training.reporting.progress_display`)."""
+        from ddpm.training.reporting import progress_display
 
-        return tqdm(
-            total=self.cfg.max_steps,
-            initial=step,
-            desc="train",
-            unit="step",
-            dynamic_ncols=True,
-            disable=None if self.progress is None else False,
+        return progress_display(
+            self.progress,
+            step,
+            self.cfg.max_steps,
+            self.cfg.progress_interval,
+            lr=lambda s: learning_rate(self.cfg, s - 1),
         )
+
+    def _proxy_fid(self, state: ckpt.RunState, loop: _Loop) -> None:
+        """Rank 0 runs the evaluator on the EMA pipeline, logs its numbers (a metrics line, the trackers' ``eval/``);
+        its time is left out of images/s (the metrics window starts later by as much)."""
+        start = time.perf_counter()
+        if loop.info.is_main:
+            values = self.evaluator(loop.sampler._pipeline(state.ema), state.step)
+            with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps({"step": state.step, **values}) + "\n")
+            if loop.writer is not None:
+                for key, value in values.items():
+                    if isinstance(value, (int, float)):
+                        loop.writer.add_scalar(f"eval/{key}", value, state.step)
+        ddist.barrier(loop.info)
+        loop.metrics.start += time.perf_counter() - start
 
 
 #: The run folder's record of which step ``pipeline/``, the last sample grid and ``loss.png`` show.

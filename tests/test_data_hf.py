@@ -163,7 +163,7 @@ def test_training_on_a_saved_dataset_and_the_cli_option(tmp_path, fake_datasets,
     unet = tmp_path / "unet.json"
     unet.write_text(json.dumps(TINY_UNET))
     args = ["train", "--data", str(folder), "--resolution", "8", "--model-config", str(unet), "--batch-size", "4"]
-    args += ["--max-steps", "1", "--num-workers", "0", "--sample-every", "0", "--quiet", "--image-column", "nope"]
+    args += ["--max-steps", "1", "--num-workers", "0", "--sample-every", "0", "--no-progress", "--image-column", "nope"]
     assert main([*args, "--output-dir", str(tmp_path / "cli")]) == 2
     assert "--image-column 'nope'" in capsys.readouterr().err
 

@@ -44,7 +44,7 @@ def test_two_process_ddp_with_resume_matches_one_process(tmp_path):
     args = [
         "--data", str(data), "--resolution", "8", "--channels", "3", "--model-config", str(unet), "--batch-size", "8",
         "--checkpoint-every", "3", "--warmup-steps", "2", "--dropout", "0", "--hflip", "--lr", "1e-3",
-        "--sample-every", "0", "--log-every", "3", "--num-workers", "0", "--keep-checkpoints", "3", "--quiet",
+        "--sample-every", "0", "--log-every", "3", "--num-workers", "0", "--keep-checkpoints", "3", "--no-progress",
         "--output-dir", str(tmp_path / "ddp"),
     ]  # fmt: skip
     _torchrun([*args, "--max-steps", "3"])

@@ -103,7 +103,7 @@ def test_two_process_ddp_accumulation_matches_one_big_batch(tmp_path):
     args = [
         "--data", str(data), "--resolution", "8", "--channels", "3", "--model-config", str(unet), "--batch-size", "4",
         "--grad-accum", "2", "--checkpoint-every", "2", "--warmup-steps", "2", "--dropout", "0", "--hflip",
-        "--lr", "1e-3", "--sample-every", "0", "--log-every", "2", "--num-workers", "0", "--quiet",
+        "--lr", "1e-3", "--sample-every", "0", "--log-every", "2", "--num-workers", "0", "--no-progress",
         "--output-dir", str(tmp_path / "ddp"),
     ]  # fmt: skip
     _torchrun([*args, "--max-steps", "2"])

@@ -88,7 +88,7 @@ def test_sigkill_at_any_moment_then_resume_is_bitwise_exact(tmp_path):
         "--data", str(data), "--resolution", "8", "--channels", "3", "--model-config", str(model_config),
         "--batch-size", "4", "--max-steps", "12", "--checkpoint-every", "2", "--keep-checkpoints", "2",
         "--sample-every", "0", "--warmup-steps", "4", "--lr", "1e-3", "--dropout", "0.1", "--num-workers", "0",
-        "--log-every", "2", "--quiet", "--seed", "3",
+        "--log-every", "2", "--no-progress", "--seed", "3",
     ]  # fmt: skip
     ref_dir, run_dir = tmp_path / "ref", tmp_path / "run"
     ref = _cli([*common, "--output-dir", str(ref_dir)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -105,7 +105,7 @@ def test_sigkill_at_any_moment_then_resume_is_bitwise_exact(tmp_path):
     assert killed.wait() == -signal.SIGKILL
     assert ckpt.list_checkpoints(run_dir / "checkpoints")[0][0] < 12, "the run finished before it was killed"
 
-    resumed = _cli(["--output-dir", str(run_dir), "--resume", "--quiet"], stderr=subprocess.PIPE)
+    resumed = _cli(["--output-dir", str(run_dir), "--resume", "--no-progress"], stderr=subprocess.PIPE)
     _, err = resumed.communicate(timeout=180)
     assert resumed.returncode == 0, err.decode()
     _, err = ref.communicate(timeout=180)
@@ -232,12 +232,12 @@ def test_bad_data_gives_clear_errors(tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
     out = str(tmp_path / "o")
-    assert main(["train", "--data", str(empty), "--resolution", "8", "--output-dir", out, "--quiet"]) == 2
+    assert main(["train", "--data", str(empty), "--resolution", "8", "--output-dir", out, "--no-progress"]) == 2
     assert "no image files" in capsys.readouterr().err
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "a.png").write_bytes(b"nope")
-    assert main(["train", "--data", str(broken), "--resolution", "8", "--output-dir", out, "--quiet"]) == 2
+    assert main(["train", "--data", str(broken), "--resolution", "8", "--output-dir", out, "--no-progress"]) == 2
     assert "none of the 1 image files could be read" in capsys.readouterr().err
     idx = tmp_path / "train-images-idx3-ubyte"
     import struct

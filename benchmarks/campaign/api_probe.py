@@ -3,9 +3,9 @@
 CODE runs with ``torch``, ``np``, ``ddpm`` and ``check(condition, message)`` in scope (``check`` records a property
 of the result that failed: a silent wrong result). The last line of stdout is one JSON verdict:
 ``{"exception": name or null, "message": ..., "where": file of the innermost frame, "clean": bool,
-"failed_check": message or null, "note": ...}``. An exception is *clean* when it is a ValueError, TypeError or
-OSError (a KeyError is a LookupError, not a clean answer) raised by ddpm's own code or at the call itself, not deep
-inside torch or numpy.
+"failed_check": message or null, "note": ...}``. An exception is *clean* when it is a ValueError, TypeError, OSError
+or NotImplementedError (a KeyError or IndexError is not a clean answer) raised by ddpm's own code or at the call
+itself, not deep inside torch or numpy.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import json
 import sys
 import traceback
 
-CLEAN = (ValueError, TypeError, OSError)
+CLEAN = (ValueError, TypeError, OSError, NotImplementedError)
 #: Messages of torch's and numpy's own argument errors: raised from C code, so their innermost Python frame is the
 #: caller's, but the user was not told what was wrong in our terms.
 TORCH_SIGNS = ("invalid combination of arguments", "must be Tensor", "not implemented for", "could not broadcast")

@@ -95,7 +95,7 @@ def _quote(arg: str) -> str:
 def child_env(work: Path | None = None) -> dict[str, str]:
     """The environment of every child: one thread, the repository's code first, a private data cache."""
     env = dict(os.environ)
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHONWARNINGS="ignore")
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     paths = [str(REPO_ROOT / "src"), str(REPO_ROOT)]
     if env.get("PYTHONPATH"):
         paths.append(env["PYTHONPATH"])
@@ -170,7 +170,7 @@ USE_FORK = True
 def run_cli(args: list[str], cwd: Path, timeout: float, env: dict | None = None, user: int | None = None) -> Run:
     """``ddpm ARGS`` in ``cwd``: forked from the preloaded server when :data:`USE_FORK`, else a real process."""
     env = env or child_env(cwd)
-    if USE_FORK:
+    if USE_FORK and user is None:  # another user cannot read this interpreter's stdlib under /root: a real process
         from .forkrun import run_forked
 
         return run_forked(args, cwd, timeout, env, user)
@@ -314,8 +314,13 @@ def run_attempt(attempt: Attempt, fx, root: Path, keep: bool = False) -> Record:
             outcome, evidence = attempt.custom(work, fx)
         elif attempt.kind == "api":
             code = fx.fill(str(attempt.cmd), work)
-            argv = [sys.executable, "-m", "benchmarks.campaign.api_probe", code]
-            run = run_process(argv, work, attempt.timeout)
+            if USE_FORK:
+                from .forkrun import run_forked
+
+                run = run_forked(code, work, attempt.timeout, child_env(work), api=True)
+            else:
+                argv = [sys.executable, "-m", "benchmarks.campaign.api_probe", code]
+                run = run_process(argv, work, attempt.timeout)
             outcome, evidence = classify_api(attempt, run)
         elif attempt.kind == "argv":  # any command line (the harness's own tests use it); {python}: this Python
             argv = [sys.executable if a == "{python}" else fx.fill(a, work) for a in attempt.cmd]

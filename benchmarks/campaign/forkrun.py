@@ -16,7 +16,8 @@ from pathlib import Path
 
 from .core import MEMORY_LIMIT, Run, _text
 
-PRELOAD = ["torch", "numpy", "PIL.Image", "ddpm", "ddpm.cli", "ddpm.pipeline", "ddpm.training", "ddpm.evaluation"]
+PRELOAD = ["torch", "numpy", "PIL.Image", "ddpm", "ddpm.cli", "ddpm.pipeline", "ddpm.training", "ddpm.evaluation",
+           "benchmarks.campaign.api_probe"]  # fmt: skip
 _context = None
 
 
@@ -30,7 +31,7 @@ def context():
     return _context
 
 
-def _child(argv: list[str], cwd: str, env: dict, user: int | None, out: str, err: str, usage: str) -> None:
+def _child(argv, cwd: str, env: dict, user: int | None, out: str, err: str, usage: str, api: bool = False) -> None:
     import resource
     import sys
     import traceback
@@ -53,9 +54,14 @@ def _child(argv: list[str], cwd: str, env: dict, user: int | None, out: str, err
     os.dup2(null, 0)
     code = 1
     try:
-        from ddpm.cli import main
+        if api:  # an API probe: ``argv`` is its code
+            from benchmarks.campaign.api_probe import main as probe
 
-        code = main(list(argv))
+            code = probe(argv)
+        else:
+            from ddpm.cli import main
+
+            code = main(list(argv))
     except SystemExit as exc:  # argparse, and `raise SystemExit(main())`'s own convention
         if exc.code is None:
             code = 0
@@ -82,14 +88,15 @@ def _child(argv: list[str], cwd: str, env: dict, user: int | None, out: str, err
     os._exit(int(code or 0) & 0xFF)
 
 
-def run_forked(argv: list[str], cwd: Path, timeout: float, env: dict, user: int | None = None) -> Run:
-    """Run ``ddpm ARGV`` in a forked child (see the module docstring); the same :class:`Run` as a real process."""
+def run_forked(argv, cwd: Path, timeout: float, env: dict, user: int | None = None, api: bool = False) -> Run:
+    """Run ``ddpm ARGV`` in a forked child (see the module docstring); the same :class:`Run` as a real process.
+    ``api``: ``argv`` is the code of an API probe (:mod:`.api_probe`) instead."""
     ctx = context()
     with tempfile.TemporaryDirectory(prefix="fork-", dir=cwd.parent) as tmp:
         out, err, usage = (str(Path(tmp) / n) for n in ("out", "err", "usage"))
         os.chmod(tmp, 0o777)
         start = time.monotonic()
-        proc = ctx.Process(target=_child, args=(argv, str(cwd), env, user, out, err, usage), daemon=False)
+        proc = ctx.Process(target=_child, args=(argv, str(cwd), env, user, out, err, usage, api), daemon=False)
         proc.start()
         proc.join(timeout)
         timed_out = proc.exitcode is None

@@ -209,14 +209,14 @@ def make_train_interrupt(sig: int, max_steps: int = 40):
 # ---------------------------------------------------------------------------------------------------------------
 EVAL_JOBS = {
     "generate": (
-        ["eval", "generate", "--model", "{tiny}", "--num-samples", "256", "--batch-size", "8", "--sampler", "ddpm",
+        ["eval", "generate", "--model", "{tiny}", "--num-samples", "128", "--batch-size", "8", "--sampler", "ddpm",
          "--num-inference-steps", "50", "--threads", "1", "--out", "{work}/g.npz"],
         ["eval", "generate", "--model", "{tiny}", "--num-samples", "1", "--batch-size", "1", "--sampler", "ddpm",
          "--num-inference-steps", "1", "--threads", "1", "--out", "{work}/g.npz"],
         "g.npz", "images",
     ),
     "nll": (
-        ["eval", "nll", "--model", "{tiny}", "--data", "{npz_many}", "--num-images", "48", "--batch-size", "2",
+        ["eval", "nll", "--model", "{tiny}", "--data", "{npz_many}", "--num-images", "24", "--batch-size", "2",
          "--t-batch", "1", "--out", "{work}/n.npz"],
         ["eval", "nll", "--model", "{tiny}", "--data", "{npz_many}", "--num-images", "1", "--batch-size", "1",
          "--t-batch", "50", "--out", "{work}/n.npz"],

@@ -4,9 +4,13 @@ campaign of issue #15 (docs/hardening.md). Exit code 0 when every attempt's outc
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import time
+from pathlib import Path
 
-from .runner import run_campaign
+from .core import Record
+from .runner import markdown, merge, run_campaign, write_reports
 from .table import CLASSES, all_attempts
 
 
@@ -22,9 +26,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--no-fork", action="store_true", help="run every attempt as a real `python -m ddpm` process (slower)"
     )
+    p.add_argument(
+        "--merge",
+        default=None,
+        metavar="JSON",
+        help="a previous --json: rerun some attempts and merge their records in",
+    )
+    p.add_argument("--report", default=None, metavar="JSON", help="print (or --markdown) the tables of a --json file")
     p.add_argument("--list", action="store_true", help="list the attempts and exit")
     args = p.parse_args(argv)
 
+    if args.report:
+        data = json.loads(Path(args.report).read_text())
+        records = [Record(**r) for r in data["attempts"]]
+        text = markdown(records, data["meta"].get("minutes", 0) * 60)
+        Path(args.markdown).write_text(text) if args.markdown else print(text)
+        return 0
     attempts = all_attempts()
     if args.only:
         wanted = {c.strip() for c in args.only.split(",") if c.strip()}
@@ -41,6 +58,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{a.id}\t[{a.issue}]\texpect {a.expect}\t{a.command_text()}")
         print(f"{len(attempts)} attempts", file=sys.stderr)
         return 0
+    if args.merge:  # this run's records replace the same ids of a previous campaign's --json
+        start = time.monotonic()
+        records = run_campaign(attempts, jobs=args.jobs, root=args.root, keep=args.keep, fork=not args.no_fork)
+        merged = merge(args.merge, records)
+        write_reports(merged, time.monotonic() - start, args.json, args.markdown)
+        return 0 if all(r.outcome == "ok" for r in merged) else 1
     records = run_campaign(attempts, jobs=args.jobs, root=args.root, keep=args.keep, json_path=args.json,
                            markdown_path=args.markdown, fork=not args.no_fork)  # fmt: skip
     return 0 if all(r.outcome == "ok" for r in records) else 1

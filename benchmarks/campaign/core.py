@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -50,6 +51,7 @@ class Run:
     seconds: float
     timed_out: bool = False
     cpu: float = 0.0
+    forked: bool = False  # run by the fork server (no interpreter start-up in ``cpu``)
 
 
 @dataclass
@@ -182,8 +184,11 @@ def start_process(argv: list[str], cwd: Path, env: dict | None = None, user: int
     read-only to that user), stdout and stderr piped unless given."""
     kw.setdefault("stdout", subprocess.PIPE)
     kw.setdefault("stderr", subprocess.PIPE)
-    if user is not None:
-        kw["user"], kw["group"], kw["extra_groups"] = user, user, []
+    if user is not None:  # setpriv: the exec path through root's interpreter stays resolvable, the files do not
+        if shutil.which("setpriv"):
+            argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *argv]
+        else:
+            kw["user"], kw["group"], kw["extra_groups"] = user, user, []
     return subprocess.Popen(
         argv, cwd=cwd, env=env or child_env(cwd), stdin=subprocess.DEVNULL, start_new_session=True,
         preexec_fn=_limit_memory, **kw,
@@ -195,9 +200,7 @@ def start_process(argv: list[str], cwd: Path, env: dict | None = None, user: int
 MEMORY_LIMIT = 8 * 2**30
 
 
-def _limit_memory() -> None:
-    import resource
-
+def _limit_memory() -> None:  # runs in the child, maybe as `nobody`, who cannot import from root's stdlib
     resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
 
 
@@ -282,7 +285,9 @@ def classify_api(attempt: Attempt, run: Run) -> tuple[str, str]:
     text = f"{exc}: {verdict.get('message', '')}"[:300]
     if verdict.get("clean"):
         return ("refused", text) if attempt.expect == "ok" else ("ok", text)
-    return "traceback", f"{text} (raised in {verdict.get('where')})"
+    where = str(verdict.get("where"))
+    where = where.split("/site-packages/")[-1] if "/site-packages/" in where else where.split("/src/")[-1]
+    return "traceback", f"{text} (raised in {where})"
 
 
 @dataclass
@@ -342,7 +347,11 @@ def run_attempt(attempt: Attempt, fx, root: Path, keep: bool = False) -> Record:
         if not keep:
             _remove(work)
     seconds = time.monotonic() - start
-    evidence_text = " ".join(str(evidence).split())[:400]
+    root_dir = str(getattr(fx, "root", "")) or None
+    evidence_text = " ".join(str(evidence).split())
+    if root_dir:  # the campaign's temporary folder says nothing: $CAMPAIGN
+        evidence_text = evidence_text.replace(root_dir, "$CAMPAIGN")
+    evidence_text = evidence_text[:400]
     return Record(
         attempt.id, attempt.cls, attempt.issue, attempt.command_text(), attempt.expect, attempt.what,
         outcome, evidence_text, round(seconds, 1), round(run.cpu, 1) if run is not None else 0.0,

@@ -117,4 +117,4 @@ def run_forked(argv, cwd: Path, timeout: float, env: dict, user: int | None = No
             cpu = float(read(usage) or 0.0)
         except ValueError:
             cpu = 0.0
-        return Run(proc.exitcode, read(out), read(err), seconds, timed_out, cpu)
+        return Run(proc.exitcode, read(out), read(err), seconds, timed_out, cpu, forked=True)

@@ -14,7 +14,12 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 from .core import OUTCOMES, REPO_ROOT, Attempt, Record, run_attempt
-from .fixtures import Fixtures
+from .fixtures import TRAIN_TINY, Fixtures
+from .table import _TINY_UNET
+
+#: The shared options of the tiny training runs, shortened to TINY in the Markdown table.
+TINY_TEXT = " ".join(TRAIN_TINY)
+TINY_UNET_TEXT = " ".join(_TINY_UNET.split())
 
 
 def run_campaign(
@@ -64,18 +69,29 @@ def run_campaign(
     order = {a.id: i for i, a in enumerate(attempts)}
     records.sort(key=lambda r: order[r.id])
     elapsed = time.monotonic() - start
-    summary = summarize(records)
     say("\n" + markdown(records, elapsed))
-    if json_path:
-        payload = {"meta": _meta(elapsed), "counts": summary, "attempts": [r.as_dict() for r in records]}
-        Path(json_path).write_text(json.dumps(payload, indent=1) + "\n")
-    if markdown_path:
-        Path(markdown_path).write_text(markdown(records, elapsed))
+    write_reports(records, elapsed, json_path, markdown_path)
     if not keep:
         import shutil
 
         shutil.rmtree(base, ignore_errors=True)
     return records
+
+
+def write_reports(records: list[Record], elapsed: float, json_path: str | None, markdown_path: str | None) -> None:
+    if json_path:
+        payload = {"meta": _meta(elapsed), "counts": summarize(records), "attempts": [r.as_dict() for r in records]}
+        Path(json_path).write_text(json.dumps(payload, indent=1) + "\n")
+    if markdown_path:
+        Path(markdown_path).write_text(markdown(records, elapsed))
+
+
+def merge(previous_json: str, records: list[Record]) -> list[Record]:
+    """The records of a previous ``--json`` file with those of this run put in place (same id) or appended."""
+    old = [Record(**r) for r in json.loads(Path(previous_json).read_text())["attempts"]]
+    new = {r.id: r for r in records}
+    merged = [new.pop(r.id, r) for r in old]
+    return merged + list(new.values())
 
 
 def summarize(records: list[Record]) -> dict:
@@ -99,9 +115,11 @@ def markdown(records: list[Record], elapsed: float | None = None) -> str:
         lines += ["", f"{len(records)} attempts in {elapsed / 60:.1f} min."]
     failed = [r for r in records if r.outcome != "ok"]
     if failed:
+        lines += ["", f"TINY: `{TINY_TEXT}`."] if any(TINY_TEXT in r.command for r in failed) else []
         lines += ["", "| id | issue #15 class | outcome | command | evidence |", "|---|---|---|---|---|"]
         for r in failed:
-            cmd = r.command.replace("|", "\\|")
+            cmd = r.command.replace(TINY_TEXT, "TINY").replace(TINY_UNET_TEXT, "unet = <the tiny UNet>;")
+            cmd = cmd.replace("|", "\\|")
             ev = r.evidence.replace("|", "\\|")[:220]
             lines.append(f"| `{r.id}` | {r.issue} | {r.outcome} | `{cmd}` | {ev} |")
     return "\n".join(lines) + "\n"

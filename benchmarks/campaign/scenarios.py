@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import shutil
 import signal
@@ -72,10 +73,18 @@ def _wait(proc, condition, timeout: float, poll: float = 0.002) -> bool:
     while time.monotonic() < deadline:
         if condition():
             return True
-        if proc.poll() is not None:
+        if _ended(proc):
             return condition()
         time.sleep(poll)
     return False
+
+
+def _ended(proc) -> bool:
+    """Whether ``proc`` has ended, without reaping it (``finish_process`` collects its status and CPU time)."""
+    try:
+        return os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
 
 
 def _failed(run: Run, what: str) -> tuple[str, str] | None:
@@ -209,14 +218,14 @@ def make_train_interrupt(sig: int, max_steps: int = 40):
 # ---------------------------------------------------------------------------------------------------------------
 EVAL_JOBS = {
     "generate": (
-        ["eval", "generate", "--model", "{tiny}", "--num-samples", "128", "--batch-size", "8", "--sampler", "ddpm",
+        ["eval", "generate", "--model", "{tiny}", "--num-samples", "256", "--batch-size", "8", "--sampler", "ddpm",
          "--num-inference-steps", "50", "--threads", "1", "--out", "{work}/g.npz"],
         ["eval", "generate", "--model", "{tiny}", "--num-samples", "1", "--batch-size", "1", "--sampler", "ddpm",
          "--num-inference-steps", "1", "--threads", "1", "--out", "{work}/g.npz"],
         "g.npz", "images",
     ),
     "nll": (
-        ["eval", "nll", "--model", "{tiny}", "--data", "{npz_many}", "--num-images", "24", "--batch-size", "2",
+        ["eval", "nll", "--model", "{tiny}", "--data", "{npz_many}", "--num-images", "48", "--batch-size", "2",
          "--t-batch", "1", "--out", "{work}/n.npz"],
         ["eval", "nll", "--model", "{tiny}", "--data", "{npz_many}", "--num-images", "1", "--batch-size", "1",
          "--t-batch", "50", "--out", "{work}/n.npz"],
@@ -292,9 +301,10 @@ def make_eval_kill(job: str, sig: int = signal.SIGKILL, fraction: float = 0.6):
 # ---------------------------------------------------------------------------------------------------------------
 # Two runs, one folder; resumes with other settings
 # ---------------------------------------------------------------------------------------------------------------
-def make_two_trains(max_steps: int = 40, every: int = 5):
-    """Start a second ``ddpm train`` into the folder of a running one: the second must be refused (a clean error)
-    and the first must end exactly as if alone."""
+def make_two_trains(max_steps: int = 40, every: int = 5, after_steps: int = 2):
+    """Start a second ``ddpm train`` into the folder of a running one (once the first has logged ``after_steps``
+    steps; 0: both at once): the second must be refused (a clean error) and the first must end exactly as if
+    alone."""
 
     def custom(work: Path, fx):
         ref = train_reference(fx, max_steps, every)
@@ -302,18 +312,25 @@ def make_two_trains(max_steps: int = 40, every: int = 5):
         argv = ddpm_argv(_fill(fx, _train_args(max_steps, every, str(out)), work))
         first = start_process(argv, work)
         started = time.monotonic()
-        _wait(first, lambda: len(_metrics_steps(out)) >= 2, timeout=240, poll=0.01)
+        if after_steps:
+            _wait(first, lambda: len(_metrics_steps(out)) >= after_steps, timeout=240, poll=0.01)
         second = run_process(argv, work, timeout=300)
         first_run = finish_process(first, 300, started)
-        if bad := _failed(first_run, "the first run"):
-            return bad
-        if TRACEBACK in second.stderr:
-            return "traceback", f"second run: {traceback_evidence(second.stderr)}"
-        if second.rc == 0:
-            return "silent-wrong", "the second run into the same folder was accepted and ran alongside the first"
+        runs = {"first": first_run, "second": second}
+        for name, run in runs.items():
+            if TRACEBACK in run.stderr:
+                return "traceback", f"{name} run: {traceback_evidence(run.stderr)}"
+            if run.timed_out or (run.rc is not None and run.rc < 0):
+                return "crash", f"{name} run: exit {run.rc}{' (timed out)' if run.timed_out else ''}"
+        ok = [name for name, run in runs.items() if run.rc == 0]
+        if len(ok) == 2:
+            return "silent-wrong", "both runs into the same folder were accepted and ran side by side"
+        if not ok:
+            return "lost-work", f"both runs failed: {last_line(first_run.stderr)} / {last_line(second.stderr)}"
         if bad := _compare_run(out, ref, max_steps):
             return bad
-        return "ok", f"second run refused: {last_line(second.stderr)}"
+        refused = "second" if ok == ["first"] else "first"
+        return "ok", f"the {refused} run was refused: {last_line(runs[refused].stderr)}"
 
     return custom
 

@@ -89,3 +89,21 @@ def test_the_table():
     assert all(a.expect in ("ok", "error", "either") for a in attempts)
     assert all(a.kind in ("cli", "api", "custom") for a in attempts)
     assert sys.executable  # the campaign runs children with this interpreter
+
+
+def test_warnings_other_than_deprecation_notices_count():
+    from benchmarks.campaign.core import warned
+
+    assert warned("UserWarning: resuming with changed seed; the run is no longer an exact continuation")
+    assert not warned("ddpm train: warning: --quiet is deprecated; use --no-progress")
+    assert not warned("trained to step 6")
+
+
+@pytest.mark.slow
+def test_the_valid_class_passes_on_this_code(tmp_path):
+    """The control group of the campaign: every valid request succeeds with a checked result (a few minutes)."""
+    from benchmarks.campaign import run_campaign
+
+    attempts = [a for a in all_attempts() if a.cls == "valid"]
+    records = run_campaign(attempts, jobs=2, root=tmp_path / "campaign", quiet=True)
+    assert [r.id for r in records if r.outcome != "ok"] == []

@@ -215,6 +215,12 @@ def _text(data: bytes | None) -> str:
     return (data or b"").decode("utf-8", "replace")
 
 
+def warned(stderr: str) -> bool:
+    """Whether stderr holds a warning other than an option's deprecation notice (issue #17: old spellings such as
+    ``--quiet`` keep working with a one-line notice, which says nothing about the run)."""
+    return any("warn" in ln.lower() and "deprecat" not in ln.lower() for ln in stderr.splitlines())
+
+
 def last_line(text: str) -> str:
     lines = [ln.strip() for ln in text.replace("\r", "\n").splitlines() if ln.strip()]
     return lines[-1][:300] if lines else ""

@@ -29,6 +29,7 @@ from .core import (
     run_process,
     start_process,
     traceback_evidence,
+    warned,
 )
 from .fixtures import TRAIN_TINY
 
@@ -362,9 +363,9 @@ def make_changed_resume(extra: list[str], expect: str, max_steps: int = 6):
             return "crash", f"exit {run.rc}"
         if expect == "refuse":
             return "silent-wrong", f"resumed with {' '.join(extra)} although it cannot continue the run"
-        if expect == "notice" and "warn" not in run.stderr.lower():
+        if expect == "notice" and not warned(run.stderr):
             return "silent-wrong", f"resumed with {' '.join(extra)} without a word: no longer an exact continuation"
-        return "ok", "resumed" + (" with a warning" if "warn" in run.stderr.lower() else "")
+        return "ok", "resumed" + (" with a warning" if warned(run.stderr) else "")
 
     return custom
 
@@ -408,13 +409,13 @@ def make_damaged_resume(damage: str):
                     "silent-wrong",
                     f"config.json deleted: resumed as another model {config.get('block_out_channels')}",
                 )
-        if damage == "all" and "warn" not in run.stderr.lower():
+        if damage == "all" and not warned(run.stderr):
             return "silent-wrong", "every checkpoint damaged: started afresh without a word"
         if damage in ("newest", "zero", "export"):
             ref = train_reference(fx, max_steps, 2)
             if bad := _compare_run(out, ref, max_steps):
                 return bad
-        return "ok", "resumed" + (" with a warning" if "warn" in run.stderr.lower() else "")
+        return "ok", "resumed" + (" with a warning" if warned(run.stderr) else "")
 
     return custom
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from . import scenarios
-from .core import Attempt, ddpm_argv, run_cli, run_process
+from .core import Attempt, ddpm_argv, run_cli, run_process, warned
 from .fixtures import TRAIN_TINY
 
 CLASSES = ("valid", "options", "files", "numerics", "kills", "interference", "cache", "api")
@@ -112,7 +112,7 @@ def files_exist(*names: str):
 
 
 def warns(work: Path, fx, run) -> str | None:
-    if "warn" not in run.stderr.lower():
+    if not warned(run.stderr):
         return "accepted without a warning: " + (run.stdout.strip().splitlines() or [""])[-1][:150]
     return None
 

@@ -71,7 +71,7 @@ def test_the_import_graph_was_read():
         (("ddpm.likelihood",), ("ddpm.models", "ddpm.pipeline", "ddpm.training", "ddpm.evaluation", "ddpm.cli")),
         # the shared services sit at the base
         (
-            ("ddpm.data", "ddpm.distributed", "ddpm.threads"),
+            ("ddpm.data", "ddpm.data_hf", "ddpm.distributed", "ddpm.threads"),
             ("ddpm.schedulers", "ddpm.models", "ddpm.pipeline", "ddpm.training", "ddpm.evaluation", "ddpm.cli"),
         ),
         # only the command line imports the command line

@@ -117,7 +117,7 @@ _RENAMED = {"num_inference_steps": "sample_steps"}
 
 def add_parser(subparsers) -> None:
     from ddpm.cli import HelpFormatter
-    from ddpm.training.config import GRID_WEIGHTS, LR_SCHEDULES, PRECISIONS, TrainConfig
+    from ddpm.training.config import GRID_WEIGHTS, LR_SCHEDULES, PRECISIONS, TrainConfig, preset_names
 
     defaults = TrainConfig()
     p = subparsers.add_parser(
@@ -132,7 +132,7 @@ def add_parser(subparsers) -> None:
         action=_Store,
         default=None,
         metavar="PRESET",
-        help="preset: a name (cifar10, celebahq256, lsun256, fashion-mnist-small) or a JSON file",
+        help=f"preset: a name ({', '.join(preset_names())}) or a JSON file",
     )
     p.add_argument("--model-config", action=_Store, default=None, metavar="FILE", help="UNet config.json (Diffusers)")
     p.add_argument("--output-dir", action=_Store, default=defaults.output_dir, help="run folder")

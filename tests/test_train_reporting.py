@@ -243,3 +243,20 @@ def test_wandb_missing_names_the_pip_install(tmp_path, monkeypatch, capsys):
     assert "pip install wandb" in capsys.readouterr().err
     assert main([*args, "--report-to", "mlflow"]) == 2
     assert "ddpm train: error: --report-to: 'mlflow': invalid value; allowed: " in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_real_wandb_offline_run_and_its_resume(tmp_path, monkeypatch):
+    """The real package (pip install wandb), offline: a run and its resume log into one offline run folder."""
+    wandb = pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    data = _npz(tmp_path / "data.npz")
+    Trainer(_cfg(data, tmp_path / "run", report_to="wandb", **{**RUN, "max_steps": 3}), progress=False).run()
+    saved = json.loads((tmp_path / "run" / "wandb-run.json").read_text())
+    assert saved["last_step"] == 3
+    Trainer(_cfg(data, tmp_path / "run", report_to="wandb", **RUN), resume=True, progress=False).run()
+    again = json.loads((tmp_path / "run" / "wandb-run.json").read_text())
+    assert again == {"id": saved["id"], "last_step": 6}
+    runs = list((tmp_path / "run" / "wandb").glob(f"**/offline-run-*-{saved['id']}"))  # in the run folder
+    assert runs and all(list(run.glob("*.wandb")) for run in runs), wandb.__version__

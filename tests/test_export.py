@@ -29,10 +29,10 @@ TINY_UNET = {
     "norm_num_groups": 4,
 }
 ROOT = Path(__file__).resolve().parents[1]
-RECOMMENDED = {
-    "sampler": "ddim",
-    "num_inference_steps": 50,
-    "num_inference_steps_by_sampler": {"ddim": 50, "dpm-solver++": 25},
+RECOMMENDED = {  # what the grids use (ddpm, sample_steps), plus the few-step samplers' steps
+    "sampler": "ddpm",
+    "num_inference_steps": 3,
+    "num_inference_steps_by_sampler": {"ddpm": 3, "ddim": 50, "dpm-solver++": 25},
 }
 
 
@@ -102,7 +102,7 @@ def test_export_ema_and_raw_hold_the_checkpoint_weights(run, tmp_path, capsys):
         assert sorted(p.name for p in out.iterdir()) == ["ddpm.json", "model_index.json", "scheduler", "unet"]
         assert json.loads((out / "ddpm.json").read_text()) == RECOMMENDED
         pipes[weights] = DDPMPipeline.from_pretrained(out)
-        assert pipes[weights].default_sampler() == "ddim" and pipes[weights].default_steps() == 50
+        assert pipes[weights].default_sampler() == "ddpm" and pipes[weights].default_steps() == 3
     expected = {"ema": state["ema"]["params"], "raw": state["model"]}
     for weights, pipe in pipes.items():
         for key, value in pipe.unet.state_dict().items():

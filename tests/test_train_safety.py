@@ -84,12 +84,13 @@ def test_checkpoint_and_grid_at_the_end_when_their_intervals_exceed_max_steps_an
 
     pipe = DDPMPipeline.from_pretrained(tmp_path / "fixed" / "pipeline")
     # ddpm sample --model RUN/pipeline does not fall back to the 1000-step DDPM chain
-    assert (pipe.default_sampler(), pipe.default_steps()) == ("ddim", 50)
-    assert pipe.default_steps("dpm-solver++") == 25
+    assert (pipe.default_sampler(), pipe.default_steps()) == ("ddpm", 2)  # what the grids use
+    assert pipe.default_steps("ddim") == 50 and pipe.default_steps("dpm-solver++") == 25
     learned = dict(kw, scheduler={"variance_type": "learned_range", "num_train_timesteps": 20})
     Trainer(_cfg(data, tmp_path / "learned", **learned), progress=False).run()
     pipe = DDPMPipeline.from_pretrained(tmp_path / "learned" / "pipeline")
-    assert (pipe.default_sampler(), pipe.default_steps()) == ("dpm-solver++", 20)  # capped at T; DDIM takes C channels
+    assert (pipe.default_sampler(), pipe.default_steps()) == ("ddpm", 2)
+    assert pipe.default_steps("dpm-solver++") == 20  # capped at T
     images = pipe(batch_size=1, num_inference_steps=2, output_type="np", progress=False).images
     assert np.isfinite(images).all()
 

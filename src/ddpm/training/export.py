@@ -7,9 +7,8 @@ and the scheduler the run's config describes; :func:`save_pipeline_folder` write
 (``model_index.json``, ``unet/``, ``scheduler/``, plus ``ddpm.json``) so that a kill at any moment leaves either
 no folder or a whole one.
 
-The recommendation written to ``ddpm.json`` (:func:`recommended_sampling`) is DDIM at 50 steps (DPM-Solver++ at 25
-for a learned variance), the best sampler that needs nothing but the weights (``--sampler`` and
-``--num-inference-steps`` override it).
+The recommendation written to ``ddpm.json`` (:func:`recommended_sampling`) is what the run's grids use: ``ddpm`` with
+``sample_steps`` strided steps (``--sampler`` and ``--num-inference-steps`` override it).
 """
 
 from __future__ import annotations
@@ -127,22 +126,22 @@ def load_training_checkpoint(path: str | os.PathLike) -> LoadedCheckpoint:
     return LoadedCheckpoint(payload=payload, path=found, step=int(payload["step"]))
 
 
-#: The samplers and steps a trained model's ``ddpm.json`` recommends (``ddpm sample --model RUN/pipeline``): DDIM at
-#: 50 steps for a fixed variance, DPM-Solver++ at 25 for a learned one (DDIM takes C output channels only).
-RECOMMENDED_FIXED = ("ddim", {"ddim": 50, "dpm-solver++": 25})
-RECOMMENDED_LEARNED = ("dpm-solver++", {"dpm-solver++": 25})
+#: Steps a trained model's ``ddpm.json`` suggests for the few-step samplers (``--sampler ddim`` / ``dpm-solver++``).
+FEW_STEP_SUGGESTIONS = {"ddim": 50, "dpm-solver++": 25}
 
 
 def recommended_sampling(cfg: TrainConfig) -> tuple[str, dict[str, int]]:
     """The sampler an export recommends (``ddpm.json``) and the steps for each sampler it names, at most
-    ``num_train_timesteps``. DDIM (eta 0) at 50 steps needs nothing but the weights: on the bundled model it scores
-    FID 47.8 against 83.3 for DDPM at 100 steps and 37.0 at 250 (docs/samplers.md); once a model has its
-    Analytic-DPM table (``ddpm analytic-dpm``), ``--sampler analytic-ddpm`` at 25 steps is better still."""
-    from ddpm.schedulers.vocabulary import LEARNED_VARIANCE_TYPES
+    ``num_train_timesteps``: what the run's grids use (``ddpm``, ``sample_steps`` strided steps), so ``ddpm sample``
+    on an export shows what the grids showed, plus :data:`FEW_STEP_SUGGESTIONS` for ``--sampler``.
 
-    learned = cfg.scheduler.get("variance_type") in LEARNED_VARIANCE_TYPES
-    sampler, by_sampler = RECOMMENDED_LEARNED if learned else RECOMMENDED_FIXED
-    return sampler, {name: min(steps, cfg.num_train_timesteps) for name, steps in by_sampler.items()}
+    Why not a few-step sampler by default: early in training DDIM's deterministic path turns the model's rough noise
+    predictions into grey noise, where DDPM's draws already show colour blobs (docs/first-hour.md, a 300-step run),
+    and a newcomer would conclude training is broken. On a trained model DDIM at 50 steps is the better trade
+    (bundled model: FID 47.8 against 83.3 for DDPM at 100 steps; docs/samplers.md)."""
+    T = cfg.num_train_timesteps
+    by_sampler = {"ddpm": int(cfg.sample_steps), **FEW_STEP_SUGGESTIONS}
+    return "ddpm", {name: min(steps, T) for name, steps in by_sampler.items()}
 
 
 def set_recommendation(pipe: DDPMPipeline, cfg: TrainConfig) -> None:

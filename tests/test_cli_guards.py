@@ -109,6 +109,7 @@ def test_a_seed_too_large_is_refused_by_every_command(model, data, tmp_path, cap
 
 # --- batch sizes: clamped to the number of images, never allocated when they cannot fit -------------------------
 def test_a_batch_above_the_number_of_images_is_clamped(model, data, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # nll's work folder
     seen = []
     real = cli_options.check_batch_fits
     monkeypatch.setattr(cli_options, "check_batch_fits", lambda o, b, p, d: (seen.append((o, b)), real(o, b, p, d)))
@@ -132,6 +133,7 @@ def _help(capsys, argv):
 
 
 def test_a_batch_that_cannot_fit_is_refused_before_sampling(model, data, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(cli_options, "memory_bytes", lambda: 1000)
     assert main(["eval", "nll", "--model", str(model), "--data", str(data), "--num-samples", "2",
                  "--batch-size", "2", "--no-progress"]) == 2  # fmt: skip
@@ -300,3 +302,18 @@ def test_fid_of_two_statistics_files_of_another_equal_size_warns(tmp_path, capsy
     c = _stats(tmp_path / "c.npz", 16)
     assert main(["eval", "fid", str(a), str(c), "--no-progress"]) == 1
     assert "a.npz: statistics of 8 features" in capsys.readouterr().err
+
+
+def test_analytic_dpm_clamps_its_batch_and_refuses_one_that_cannot_fit(model, data, capsys, monkeypatch):
+    monkeypatch.setattr(cli_options, "memory_bytes", lambda: 10_000)  # the 2 x 50 draws' bookkeeping fits, no batch
+    argv = ["analytic-dpm", "--model", str(model), "--data", str(data), "--no-progress", "--device", "cpu"]
+    assert main([*argv, "--num-samples-per-timestep", "2", "--batch-size", str(10**12)]) == 2
+    _error(capsys, "analytic-dpm", "--batch-size 100:", "memory")  # clamped to the 2 x 50 draws
+    assert not (model / "analytic_dpm.json").exists()
+
+
+def test_nll_of_one_image_prints_no_nan(model, data, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # its work folder
+    assert main(["eval", "nll", "--model", str(model), "--data", str(data), "--num-samples", "1", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "nan" not in out.lower() and "(one image: no standard error)" in out

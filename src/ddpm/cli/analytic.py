@@ -49,7 +49,14 @@ def add_parser(subparsers) -> None:
         "costs N x T UNet evaluations (T: the model's training timesteps) and keeps about "
         f"{BYTES_PER_DRAW} bytes per draw in memory: more than this machine's memory is refused",
     )
-    p.add_argument("--batch-size", type=int, default=500, metavar="B", help="draws per UNet call (mixing timesteps)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=500,
+        metavar="B",
+        help="draws per UNet call (mixing timesteps); one above N x T is clamped to it (a batch that cannot fit "
+        "memory is refused)",
+    )
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: cuda when available")
     p.add_argument(
         "--seed", type=int, default=0, help="random seed of the image order and the noise, 0 <= seed < 2**63"
@@ -133,6 +140,17 @@ def run(args: argparse.Namespace) -> int:
         return 1
 
 
+def _check_batch(pipe, device, batch_size: int, draws: int) -> None:
+    """A batch above the number of draws is clamped to it; what is left must fit (:func:`check_batch_fits`)."""
+    from ddpm.cli import UsageError
+    from ddpm.cli.options import check_batch_fits
+
+    try:
+        check_batch_fits("--batch-size", min(batch_size, draws), pipe, device)
+    except UsageError as err:
+        raise _UsageError(str(err)) from None
+
+
 def _training_images(spec: str, unet_config, needed: int, generator):
     """uint8 [N, C, H, W] training images of the UNet's size: the whole set when it is held in memory, else
     ``needed`` of its images chosen at random."""
@@ -167,6 +185,9 @@ def _run(args: argparse.Namespace) -> int:
     pipe = DDPMPipeline.from_pretrained(folder)
     _check_cost(args.num_samples_per_timestep, pipe.scheduler.config.num_train_timesteps, args.batch_size)
     check_finite_weights(pipe.unet, args.model)
+    _check_batch(
+        pipe, device, args.batch_size, args.num_samples_per_timestep * pipe.scheduler.config.num_train_timesteps
+    )
     unet, scheduler = pipe.unet.to(device), pipe.scheduler
     if device.type == "cpu":
         unet.to(memory_format=torch.channels_last)  # measured faster on CPU (docs/benchmarks.md)

@@ -6,6 +6,7 @@ only the images it had not finished."""
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -143,8 +144,10 @@ def run_nll(args) -> int:
     results = bound_of_data(args, work)
     summary = summarize(results)
     summary.update(model=str(args.model), data=args.data, seed=args.seed, seconds=round(time.perf_counter() - start, 1))
+    error = summary["total_bpd_std_error"]  # NaN for one image: no standard error to print
+    spread = f" ± {error:.4f}" if math.isfinite(error) else " (one image: no standard error)"
     print(
-        f"NLL bound {summary['total_bpd']:.4f} ± {summary['total_bpd_std_error']:.4f} bits/dim over "
+        f"NLL bound {summary['total_bpd']:.4f}{spread} bits/dim over "
         f"{summary['num_images']} images (prior {summary['prior_bpd']:.2e}, decoder {summary['decoder_bpd']:.4f}, "
         f"rate {summary['rate_bpd']:.4f}; {summary['seconds']} s)"
     )

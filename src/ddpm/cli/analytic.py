@@ -45,17 +45,49 @@ def add_parser(subparsers) -> None:
         type=int,
         default=100,
         metavar="N",
-        help="Monte Carlo draws (x_0, noise) per timestep; the standard error falls as 1/sqrt(N)",
+        help="Monte Carlo draws (x_0, noise) per timestep; the standard error falls as 1/sqrt(N). The estimate "
+        "costs N x T UNet evaluations (T: the model's training timesteps) and keeps about "
+        f"{BYTES_PER_DRAW} bytes per draw in memory: more than this machine's memory is refused",
     )
-    p.add_argument("--batch-size", type=int, default=500, metavar="B", help="draws per UNet call (mixing timesteps)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=500,
+        metavar="B",
+        help="draws per UNet call (mixing timesteps); one above N x T is clamped to it (a batch that cannot fit "
+        "memory is refused)",
+    )
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: cuda when available")
-    p.add_argument("--seed", type=int, default=0, help="random seed of the image order and the noise (>= 0)")
+    p.add_argument(
+        "--seed", type=int, default=0, help="random seed of the image order and the noise, 0 <= seed < 2**63"
+    )
     p.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
     p.set_defaults(func=run)
 
 
 class _UsageError(Exception):
     pass
+
+
+#: Memory the estimate keeps per draw (N x T of them): which image (int64, and once more while the permutations are
+#: joined), its timestep (int64) and its value (float64), and the timestep table repeated (int64).
+BYTES_PER_DRAW = 40
+
+
+def _check_cost(N: int, T: int, batch_size: int) -> None:
+    """Before any work: the N x T draws' bookkeeping fits this machine's memory (else :class:`_UsageError` naming
+    the number of UNet evaluations)."""
+    from ddpm.cli.options import human_bytes, memory_bytes
+
+    draws = N * T
+    have = memory_bytes()
+    if have is not None and draws * BYTES_PER_DRAW > have:
+        raise _UsageError(
+            f"--num-samples-per-timestep {N}: {N} x {T} timesteps = {draws:,} UNet evaluations "
+            f"({-(-draws // batch_size):,} calls of --batch-size {batch_size}), whose bookkeeping alone takes "
+            f"{human_bytes(draws * BYTES_PER_DRAW)}, more than the {human_bytes(have)} of this machine's memory; "
+            "allowed: a smaller value (the paper uses about 100)"
+        )
 
 
 def _check_args(args: argparse.Namespace) -> Path:
@@ -66,8 +98,13 @@ def _check_args(args: argparse.Namespace) -> Path:
         )
     if args.batch_size < 1:
         raise _UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.seed < 0:
-        raise _UsageError(f"--seed must be >= 0, got {args.seed}")
+    from ddpm.cli import UsageError
+    from ddpm.cli.options import check_seed
+
+    try:
+        check_seed(args.seed)
+    except UsageError as err:
+        raise _UsageError(str(err)) from None
     if args.model == "ddpm/default":
         from ddpm.pipeline import bundled_model_path
 
@@ -103,6 +140,17 @@ def run(args: argparse.Namespace) -> int:
         return 1
 
 
+def _check_batch(pipe, device, batch_size: int, draws: int) -> None:
+    """A batch above the number of draws is clamped to it; what is left must fit (:func:`check_batch_fits`)."""
+    from ddpm.cli import UsageError
+    from ddpm.cli.options import check_batch_fits
+
+    try:
+        check_batch_fits("--batch-size", min(batch_size, draws), pipe, device)
+    except UsageError as err:
+        raise _UsageError(str(err)) from None
+
+
 def _training_images(spec: str, unet_config, needed: int, generator):
     """uint8 [N, C, H, W] training images of the UNet's size: the whole set when it is held in memory, else
     ``needed`` of its images chosen at random."""
@@ -130,10 +178,16 @@ def _run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from ddpm import __version__
+    from ddpm.cli.options import check_finite_weights
     from ddpm.pipeline import DDPMPipeline
     from ddpm.schedulers.analytic import MOMENTS_FILE_NAME, estimate_moments
 
     pipe = DDPMPipeline.from_pretrained(folder)
+    _check_cost(args.num_samples_per_timestep, pipe.scheduler.config.num_train_timesteps, args.batch_size)
+    check_finite_weights(pipe.unet, args.model)
+    _check_batch(
+        pipe, device, args.batch_size, args.num_samples_per_timestep * pipe.scheduler.config.num_train_timesteps
+    )
     unet, scheduler = pipe.unet.to(device), pipe.scheduler
     if device.type == "cpu":
         unet.to(memory_format=torch.channels_last)  # measured faster on CPU (docs/benchmarks.md)
@@ -141,6 +195,11 @@ def _run(args: argparse.Namespace) -> int:
     N = args.num_samples_per_timestep
     generator = torch.Generator().manual_seed(args.seed)
     images, data_name = _training_images(args.data, unet.config, T * N, generator)
+    if not args.no_progress:
+        print(
+            f"ddpm analytic-dpm: {N} x {T} timesteps = {T * N:,} UNet evaluations in batches of {args.batch_size}",
+            file=sys.stderr,
+        )
 
     bar = tqdm(total=T * N, unit="draw", desc="Analytic-DPM moments", disable=args.no_progress, file=sys.stderr)
 

@@ -10,7 +10,12 @@ raises :class:`~ddpm.cli.UsageError` (one line naming the option, exit code 2):
 * :func:`check_output`: an output path of the right type (a file where a file is written, a folder where a folder
   is), whose folder exists or can be created and is writable;
 * :func:`check_input_file`: an input file that exists;
-* :func:`check_room`: a result that must fit in memory or on disk does, with the sizes in the message.
+* :func:`check_room`: a result that must fit in memory or on disk does, with the sizes in the message;
+* :func:`check_seed`: one seed range for every command, ``0 <= seed < 2**63``;
+* :func:`check_figure`: a figure (held whole in memory) has at most ``PIL.Image.MAX_IMAGE_PIXELS`` pixels.
+
+:func:`check_finite_weights` runs once after a model is loaded (every command that loads one calls it): weights that
+hold NaN or infinity would give NaN images or scores without a word.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import math
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from ddpm.cli import UsageError
@@ -112,7 +118,10 @@ def _nearest_existing(path: Path) -> Path:
 
 def check_output(option: str, path: str | os.PathLike, kind: str = "file") -> None:
     """``path`` can be written as a ``kind`` (``"file"`` or ``"folder"``): not an existing entry of the other type,
-    inside a folder that exists or can be created (no file in the way), writable. :class:`UsageError` otherwise."""
+    inside a folder that exists or can be created (no file in the way), writable. Tested for real, not from the
+    permission bits (root may write where the bits say no, and nobody may write under /proc): the missing folders
+    are created and a temporary file is written where the output goes, then both are removed.
+    :class:`UsageError` otherwise."""
     if kind not in ("file", "folder"):
         raise ValueError(f"kind must be 'file' or 'folder', got {kind!r}")
     path = Path(path)
@@ -120,17 +129,37 @@ def check_output(option: str, path: str | os.PathLike, kind: str = "file") -> No
         raise UsageError(f"{option} {path}: is a folder; a file path is expected")
     if kind == "folder" and path.exists() and not path.is_dir():
         raise UsageError(f"{option} {path}: is a file; a folder is expected")
-    if path.exists():
-        if not os.access(path, os.W_OK) or (kind == "folder" and not os.access(path, os.X_OK)):
-            raise UsageError(f"{option} {path}: not writable")
-        if kind == "file" and not os.access(path.absolute().parent, os.W_OK):
-            raise UsageError(f"{option} {path}: its folder {path.absolute().parent} is not writable")
-        return
-    base = _nearest_existing(path.absolute().parent)
+    if path.exists() and not os.access(path, os.W_OK):
+        raise UsageError(f"{option} {path}: not writable")
+    full = Path(os.path.abspath(path))
+    folder = full if kind == "folder" else full.parent
+    base = _nearest_existing(folder)
     if not base.is_dir():
         raise UsageError(f"{option} {path}: cannot create its folder, {base} is a file")
-    if not (os.access(base, os.W_OK) and os.access(base, os.X_OK)):
-        raise UsageError(f"{option} {path}: cannot write into {base} (not writable)")
+    _try_writing(option, path, folder, base)
+
+
+def _try_writing(option: str, path: Path, folder: Path, base: Path) -> None:
+    """Create ``folder`` (``base`` is its nearest existing ancestor) and a temporary file in it, then remove both."""
+    created = []
+    try:
+        for missing in reversed([folder, *folder.parents][: len(folder.parts) - len(base.parts)]):
+            missing.mkdir()
+            created.append(missing)
+        handle, probe = tempfile.mkstemp(prefix=".ddpm-write-test-", dir=folder)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as err:
+        where = created[-1] if created else folder
+        reason = err.strerror or type(err).__name__
+        what = f"cannot write into {where}" if where.exists() else f"cannot create the folder {folder}"
+        raise UsageError(f"{option} {path}: not writable: {what} ({reason})") from None
+    finally:
+        for made in reversed(created):
+            try:
+                made.rmdir()
+            except OSError:  # pragma: no cover - something else wrote there meanwhile
+                break
 
 
 def check_input_file(option: str, path: str | os.PathLike) -> None:
@@ -196,3 +225,57 @@ def check_batch_fits(option: str, batch: int, pipe, device) -> None:
     else:
         have, where = memory_bytes(), "this machine's memory"
     check_room(option, batch, need, where, have, "the UNet's first activations alone")
+
+
+#: Seeds run from 0 to 2**63 - 1: torch.Generator.manual_seed takes 64 bits, but seeds travel through int64 tensors
+#: and C longs too (and 2**63 seeds are plenty).
+SEED_LIMIT = 2**63
+
+
+def check_seed(seed: int, option: str = "--seed") -> None:
+    """:class:`UsageError` unless ``0 <= seed < 2**63`` (the one seed range of every command)."""
+    if seed < 0:
+        raise UsageError(f"{option} must be >= 0, got {seed}")
+    if seed >= SEED_LIMIT:
+        raise UsageError(f"{option} must be < 2**63 = {SEED_LIMIT}, got {seed}")
+
+
+def check_finite_weights(module, model: str | os.PathLike | None) -> None:
+    """``ValueError`` naming ``model`` and the first tensor of ``module`` (parameters, then buffers) that holds NaN
+    or infinity: such weights give NaN images and scores. One pass over the weights."""
+    import torch
+
+    tensors = list(module.named_parameters()) + list(module.named_buffers())
+    for name, tensor in tensors:
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            where = "the bundled model" if model is None else str(model)
+            raise ValueError(
+                f"{where}: the weights are not finite ({name} holds {bad} NaN/inf value(s) of {tensor.numel()}); "
+                "the model cannot be used (was it saved after training diverged?)"
+            )
+
+
+def check_figure(option: str, value, rows: int, cols: int, pipe, scale, device, batch: int) -> None:
+    """A figure of ``rows`` x ``cols`` images of ``pipe``'s size, enlarged by ``scale`` (an integer or ``"auto"``, as
+    :func:`ddpm.images.labelled_grid` resolves it), is built whole in memory and written as one PNG: refuse one of
+    more than ``PIL.Image.MAX_IMAGE_PIXELS`` pixels (PIL and most viewers refuse to open it), and a sampling batch
+    of ``batch`` images that does not fit the device (:func:`check_batch_fits`)."""
+    from PIL import Image
+
+    from ddpm.images import resolve_scale
+
+    cfg = pipe.unet.config
+    size = cfg.sample_size
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    pad = 2
+    raw_h, raw_w = rows * (h + pad) + pad, cols * (w + pad) + pad
+    k = resolve_scale(scale, raw_h, raw_w, min_tile=64, tile=min(h, w))
+    pixels = raw_h * raw_w * k * k
+    limit = Image.MAX_IMAGE_PIXELS or 89_478_485
+    if pixels > limit:
+        raise UsageError(
+            f"{option} {value}: the figure would be {rows} x {cols} images of {h}x{w} (scale {k}), "
+            f"{pixels:,} pixels, more than the {limit:,} PIL and most image viewers open; allowed: a smaller value"
+        )
+    check_batch_fits(option, batch, pipe, device)

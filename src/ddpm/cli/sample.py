@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ddpm.cli import UsageError as _UsageError
 from ddpm.cli import run_guarded
-from ddpm.cli.options import add_device, add_num_samples, check_output, count
+from ddpm.cli.options import add_device, add_num_samples, check_output, check_seed, count
 from ddpm.cli.sampler_options import add_sampler_arguments, check_sampler_arguments, setup_sampler
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -49,9 +49,16 @@ def add_parser(subparsers) -> None:
         "one set of weights)",
     )
     add_num_samples(p, 16, "number of images to generate (old spelling --num-images, deprecated)")
-    p.add_argument("--batch-size", type=count, default=16, metavar="B", help="images per forward pass")
+    p.add_argument(
+        "--batch-size",
+        type=count,
+        default=16,
+        metavar="B",
+        help="images per forward pass; one above --num-samples is clamped to it (a batch that cannot fit the "
+        "device's memory is refused)",
+    )
     add_sampler_arguments(p)
-    p.add_argument("--seed", type=int, default=0, help="random seed (>= 0)")
+    p.add_argument("--seed", type=int, default=0, help="random seed, 0 <= seed < 2**63")
     add_device(p)
     p.add_argument("--dtype", default="float32", choices=DTYPES, help="UNet precision")
     p.add_argument(
@@ -79,8 +86,7 @@ def _check_args(args: argparse.Namespace) -> None:
         raise _UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     if (message := check_sampler_arguments(args)) is not None:
         raise _UsageError(message)
-    if args.seed < 0:
-        raise _UsageError(f"--seed must be >= 0, got {args.seed}")
+    check_seed(args.seed)
     from ddpm.cli.speed import check_speed_arguments
 
     if (message := check_speed_arguments(args)) is not None:
@@ -121,7 +127,15 @@ def _check_weights(args: argparse.Namespace) -> None:
 
 def _load_pipeline(args: argparse.Namespace, dtype):
     """The pipeline of ``--model``: a pipeline folder, Hub id or the bundled model, or a training checkpoint's
-    ``--weights`` (:mod:`ddpm.training.export`)."""
+    ``--weights`` (:mod:`ddpm.training.export`); its weights checked finite."""
+    from ddpm.cli.options import check_finite_weights
+
+    pipe = _load_any_pipeline(args, dtype)
+    check_finite_weights(pipe.unet, args.model)
+    return pipe
+
+
+def _load_any_pipeline(args: argparse.Namespace, dtype):
     from ddpm.pipeline import DDPMPipeline, NoBundledModelError
 
     if args.model is not None:

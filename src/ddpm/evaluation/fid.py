@@ -540,22 +540,36 @@ def fid(
     Returns a dict with ``fid`` (always finite: a non-finite value is a ``ValueError``), the image counts
     ``n_a``/``n_b``, the sources, ``skipped_a``/``skipped_b`` (image files that could not be read and were left out)
     and ``warnings`` (:func:`statistics_warnings`: e.g. fewer than 2,048 images in a set). With ``warn`` each warning
-    is also issued as a ``UserWarning``. Statistics files must hold the Inception network's 2,048 features."""
+    is also issued as a ``UserWarning``. Statistics files must hold the Inception network's 2,048 features, except
+    when both sets are statistics files of one other feature size (another network or layer): their Fréchet
+    distance is returned with a warning that it is not comparable with published FIDs."""
     from ddpm.evaluation.inception import FEATURE_DIM, InceptionFeatureExtractor
 
     needs_network = parse_source(a).kind != "stats" or (b is not None and parse_source(b).kind != "stats")
     # Statistics files are checked before any long computation.
     files = [x for x in (a, b) if x is not None and parse_source(x).kind == "stats"]
     files += [ref_stats] if b is None and ref_stats is not None and Path(ref_stats).is_file() else []
-    for path in files:
-        _check_dimension(FeatureStatistics.load(parse_source(path).path_or_name), FEATURE_DIM)
+    loaded = [FeatureStatistics.load(parse_source(path).path_or_name) for path in files]
+    # Two statistics files of one other feature size (another network or layer) give a well-defined Fréchet
+    # distance, with a warning; a size other than the network's, next to the network's features, is an error.
+    other_network = not needs_network and len(loaded) == 2 and loaded[0].mu.shape == loaded[1].mu.shape
+    dim = loaded[0].mu.shape[0] if other_network else FEATURE_DIM
+    for stats in loaded:
+        _check_dimension(stats, dim)
     extractor = InceptionFeatureExtractor(inception, device=device) if needs_network else None
     common = {"batch_size": batch_size, "resolution": resolution, "progress": progress, "subset_seed": subset_seed}
     stats_a = source_statistics(a, extractor, num_samples=num_samples, generation=generation, **common)
     stats_b = reference_statistics(b, ref_stats, extractor, num_samples=num_samples, **common)
-    for s in (stats_a, stats_b):
-        _check_dimension(s, FEATURE_DIM)
+    # the sets must agree with each other (fid_from_statistics); the network's own features are its features
+    dim = stats_a.mu.shape[0] if needs_network else dim
+    _check_dimension(stats_b, dim)
     messages = statistics_warnings(stats_a, stats_b)
+    if dim != FEATURE_DIM:
+        messages.insert(
+            0,
+            f"statistics of {dim} features, not the {FEATURE_DIM} Inception pool3 features: this is the Fréchet "
+            "distance of another network or layer, not an FID comparable with published FIDs",
+        )
     for message in messages if warn else ():
         warnings.warn(message, UserWarning, stacklevel=2)
     return {

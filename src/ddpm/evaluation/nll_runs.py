@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import sys
 
 import numpy as np
@@ -123,8 +124,22 @@ def save_bound(path: str | os.PathLike, results: dict[str, torch.Tensor], summar
 def load_bound_terms(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(terms_bpd [N, T], mse [N, T], prior_bpd [N])`` from a file of :func:`save_bound`; ``ValueError`` naming the
     missing arrays otherwise."""
-    with np.load(path) as data:
+    import zipfile
+
+    wrong = f"not a readable .npz file of `ddpm eval nll --out` ({{}}, {os.path.getsize(path)} bytes)"
+    try:
+        data = np.load(path)
+    except (EOFError, ValueError, OSError, zipfile.BadZipFile, pickle.UnpicklingError) as err:
+        reason = "empty" if os.path.getsize(path) == 0 else (" ".join(str(err).split()) or type(err).__name__)
+        raise ValueError(f"{path}: {wrong.format(reason)}") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path}: {wrong.format('a single .npy array, not an .npz archive')}")
+    with data:
         missing = [k for k in RATE_DISTORTION_KEYS if k not in data]
         if missing:
             raise ValueError(f"{path} lacks {', '.join(missing)}: not a file of `ddpm eval nll --out`")
-        return tuple(data[k] for k in RATE_DISTORTION_KEYS)
+        try:
+            return tuple(data[k] for k in RATE_DISTORTION_KEYS)
+        except (EOFError, ValueError, OSError, zipfile.BadZipFile) as err:
+            reason = "truncated or damaged: " + (" ".join(str(err).split()) or type(err).__name__)
+            raise ValueError(f"{path}: {wrong.format(reason)}") from None

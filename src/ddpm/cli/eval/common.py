@@ -25,6 +25,7 @@ __all__ = [
     "finish_work_dir",
     "float_list",
     "int_list",
+    "load_checked",
     "load_model",
     "need",
     "work_dir",
@@ -46,7 +47,7 @@ def add_model_options(
     *,
     model: str = "required",
     when: str = "",
-    seed_help: str = "random seed (>= 0)",
+    seed_help: str = "random seed, 0 <= seed < 2**63",
     steps_default: str | None = None,
     batch: tuple[str, int, str] | None = None,
     sampler: bool = False,
@@ -122,7 +123,9 @@ def _check_model_options(args: argparse.Namespace) -> None:
         if (message := check_threads(args.threads)) is not None:
             raise UsageError(message)
     if hasattr(args, "seed"):
-        need(args.seed >= 0, "--seed", args.seed, ">= 0")
+        from ddpm.cli.options import check_seed
+
+        check_seed(args.seed)
     steps = getattr(args, "num_inference_steps", None)
     need(steps is None or steps >= 1, "--num-inference-steps", steps, ">= 1")
     batch = getattr(args, "model_batch_size", None)
@@ -154,15 +157,24 @@ def command(name: str, run: Callable[[argparse.Namespace], int | None]) -> Calla
 
 def load_model(args: argparse.Namespace):
     """The pipeline of ``--model`` on ``--device`` (eval mode, progress bar off), with the ``--sampler`` and
-    ``--eta`` of a sub-command that has them."""
-    from ddpm.evaluation.generate import load_pipeline
-
-    pipeline = load_pipeline(args.model, device=args.device)
+    ``--eta`` of a sub-command that has them; weights holding NaN or infinity are an error naming the tensor."""
+    pipeline = load_checked(args.model, args.device)
     if hasattr(args, "sampler"):
         from ddpm.cli.sampler_options import setup_sampler
 
         # the resolved sampler and steps (the model's recommendation when not given), for every later use
         args.sampler, args.num_inference_steps = setup_sampler(pipeline, args)
+    return pipeline
+
+
+def load_checked(model, device):
+    """The pipeline of ``model`` on ``device`` (:func:`ddpm.evaluation.generate.load_pipeline`), its weights checked
+    finite (:func:`ddpm.cli.options.check_finite_weights`): the one loader of every ``ddpm eval`` sub-command."""
+    from ddpm.cli.options import check_finite_weights
+    from ddpm.evaluation.generate import load_pipeline
+
+    pipeline = load_pipeline(model, device=device)
+    check_finite_weights(pipeline.unet, model)
     return pipeline
 
 

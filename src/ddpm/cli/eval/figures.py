@@ -3,6 +3,8 @@ and ``rate-distortion`` (Fig. 5). The figures themselves are :mod:`ddpm.evaluati
 
 from __future__ import annotations
 
+import math
+
 from .common import (
     STEPS_RECOMMENDED,
     HelpFormatter,
@@ -21,6 +23,19 @@ def _check_out(path: str, kind: str = "file") -> None:
     from ddpm.cli.options import check_output
 
     check_output("--out", path, kind)
+
+
+def _check_png(path: str) -> None:
+    """A figure is written as one PNG: ``--out`` must end in .png (a PNG under another name misleads)."""
+    _check_out(path)
+    need(str(path).lower().endswith(".png"), "--out", path, "a path ending in .png")
+
+
+def _check_figure(option: str, value, rows: int, cols: int, pipeline, args, batch: int) -> None:
+    """Before sampling: the figure (held whole in memory, one PNG) and its sampling batch fit."""
+    from ddpm.cli.options import check_figure
+
+    check_figure(option, value, rows, cols, pipeline, _picture(args, {})["scale"], pipeline.device, batch)
 
 
 def _check_timesteps(option: str, timesteps, T: int) -> None:
@@ -62,7 +77,7 @@ def add_progressive(sub, name: str) -> None:
     add_model_options(p, steps_default=STEPS_RECOMMENDED, sampler=True)
     add_num_samples(p, 4, "rows (images)")
     p.add_argument("--every", type=int, default=100, help="reverse steps between columns")
-    p.add_argument("--out", default="progressive.png", help="output PNG")
+    p.add_argument("--out", default="progressive.png", help="output PNG (*.png)")
     _add_picture_options(p)
     p.set_defaults(func=command(name, run_progressive))
 
@@ -73,9 +88,12 @@ def run_progressive(args) -> int:
 
     need(args.num_samples >= 1, "--num-samples", args.num_samples, ">= 1")
     need(args.every >= 1, "--every", args.every, ">= 1")
-    _check_out(args.out)
+    _check_png(args.out)
     _picture(args, {})
     pipeline = load_model(args)
+    steps = args.num_inference_steps or pipeline.scheduler.config.num_train_timesteps
+    columns = -(-steps // args.every) + 1  # steps 0, every, 2 every, ... and the last (at most)
+    _check_figure("--num-samples", args.num_samples, args.num_samples, columns, pipeline, args, args.num_samples)
     frames, timesteps = progressive_generation(
         pipeline, args.num_samples, every=args.every, seed=args.seed, num_inference_steps=args.num_inference_steps
     )
@@ -98,7 +116,7 @@ def add_shared_latent(sub, name: str) -> None:
     p.add_argument("--num-samples", type=int, default=3, help="samples per row")
     p.add_argument("--data", default=None, help="encode a real image instead (a data source; see --index)")
     p.add_argument("--index", type=int, default=0, help="which image of --data")
-    p.add_argument("--out", default="shared_latent.png", help="output PNG")
+    p.add_argument("--out", default="shared_latent.png", help="output PNG (*.png)")
     _add_picture_options(p)
     p.set_defaults(func=command(name, run_shared_latent))
 
@@ -111,12 +129,14 @@ def run_shared_latent(args) -> int:
 
     need(args.num_samples >= 1, "--num-samples", args.num_samples, ">= 1")
     need(args.index >= 0, "--index", args.index, ">= 0")
-    _check_out(args.out)
+    _check_png(args.out)
     _picture(args, {})
     pipeline = load_model(args)
     T = pipeline.scheduler.config.num_train_timesteps
     timesteps = args.timesteps or paper_timesteps(T)
     _check_timesteps("--timesteps", timesteps, T)
+    n = args.num_samples
+    _check_figure("--num-samples", n, len(timesteps), n + 1, pipeline, args, n)
     x0 = None
     if args.data:
         x0 = to_model_space(model_images(args.data, pipeline.unet, indices=[args.index]))
@@ -142,8 +162,10 @@ def add_interpolate(sub, name: str) -> None:
     p.add_argument("--data", required=True, help="data source of the two images (e.g. cifar10@test)")
     p.add_argument("--pairs", default="0,1", help="image indices, two per row: 0,1[,2,3 ...]")
     p.add_argument("--t", type=int, default=None, help="timestep of the mix (ours)")
-    p.add_argument("--lambdas", type=float_list, default=None, help="comma-separated λ; default 0, 0.1, ..., 1")
-    p.add_argument("--out", default="interpolate.png", help="output PNG")
+    p.add_argument(
+        "--lambdas", type=float_list, default=None, help="comma-separated λ in [0, 1]; default 0, 0.1, ..., 1"
+    )
+    p.add_argument("--out", default="interpolate.png", help="output PNG (*.png)")
     _add_picture_options(p)
     p.set_defaults(func=command(name, run_interpolate))
 
@@ -164,14 +186,19 @@ def run_interpolate(args) -> int:
         raise UsageError(f"--pairs must be comma-separated image indices, got {args.pairs}") from None
     need(len(indices) >= 2 and len(indices) % 2 == 0, "--pairs", args.pairs, "an even number of indices")
     need(min(indices) >= 0, "--pairs", args.pairs, "indices >= 0")
-    _check_out(args.out)
+    lambdas = args.lambdas or PAPER_LAMBDAS
+    good = all(math.isfinite(v) and 0 <= v <= 1 for v in lambdas)
+    need(good, "--lambdas", ",".join(map(str, lambdas)), "finite numbers in [0, 1]")
+    _check_png(args.out)
     _picture(args, {})
     pipeline = load_model(args)
     T = pipeline.scheduler.config.num_train_timesteps
     t = args.t if args.t is not None else paper_timesteps(T, (PAPER_INTERPOLATION_T,))[0]
     _check_timesteps("--t", [t], T)
+    rows = len(indices) // 2
+    what = f"({rows} pair(s), {len(lambdas)} λ)"
+    _check_figure("--pairs/--lambdas", what, rows, len(lambdas) + 2, pipeline, args, len(lambdas))
     images = model_images(args.data, pipeline.unet, indices=indices)
-    lambdas = args.lambdas or PAPER_LAMBDAS
     rows = interpolation_rows(pipeline.unet, pipeline.scheduler, images, t=t, lambdas=lambdas, seed=args.seed)
     save_rows(rows, args.out, **_picture(args, interpolation_labels(t, lambdas, indices)))
     print(f"wrote {args.out}: {len(rows)} row(s), t = {t}")

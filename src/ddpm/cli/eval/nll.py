@@ -6,6 +6,7 @@ only the images it had not finished."""
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -23,7 +24,12 @@ from .common import (
 )
 
 #: The options of computing the bound over a data set (shared with ``rate-distortion``).
-BOUND_BATCH = ("--batch-size", 8, "images per model call")
+BOUND_BATCH = (
+    "--batch-size",
+    8,
+    "images per model call; one above the number of images is clamped to it (a batch that cannot fit the device's "
+    "memory is refused)",
+)
 
 
 def add_bound_options(p) -> None:
@@ -56,12 +62,17 @@ def bound_work_dir(args, out: str | None) -> str:
 def bound_of_data(args, work: str | None = None):
     """The bound of the first --num-samples images of --data under --model, with the command's settings; finished
     batches are kept in ``work`` (kept at the end: the caller removes it once its outputs are written)."""
+    from ddpm.cli.options import check_batch_fits
     from ddpm.evaluation.nll_runs import bound_over_images
     from ddpm.evaluation.sources import model_images
 
     pipeline = load_model(args)
     x = model_images(args.data, pipeline.unet, args.num_samples)
-    return bound_over_images(
+    # a batch above the number of images is clamped to it; what is left must fit the device
+    T = pipeline.scheduler.config.num_train_timesteps
+    images_per_call = min(args.model_batch_size, max(1, len(x))) * min(args.t_batch, T)
+    check_batch_fits(args.model_batch_flag, images_per_call, pipeline, pipeline.device)
+    results = bound_over_images(
         pipeline.unet,
         pipeline.scheduler,
         x,
@@ -74,6 +85,23 @@ def bound_of_data(args, work: str | None = None):
         work_dir=work,
         keep_work_dir=True,
     )
+    check_finite_bound(results, args.model)
+    return results
+
+
+def check_finite_bound(results, model) -> None:
+    """``RuntimeError`` (exit code 1) naming the terms of the bound that are not finite and how many images they
+    touch: a NaN or infinite bound is never printed as a result."""
+    import torch
+
+    bad = {}
+    for key, value in results.items():
+        if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            rows = ~torch.isfinite(value.reshape(value.shape[0], -1)).all(1) if value.dim() else None
+            bad[key] = int(rows.sum()) if rows is not None else 1
+    if bad:
+        terms = ", ".join(f"{k} ({n} image(s))" for k, n in bad.items())
+        raise RuntimeError(f"the bound of {model} is not finite: {terms} hold NaN or infinity; no result written")
 
 
 def add_nll(sub, name: str) -> None:
@@ -116,8 +144,10 @@ def run_nll(args) -> int:
     results = bound_of_data(args, work)
     summary = summarize(results)
     summary.update(model=str(args.model), data=args.data, seed=args.seed, seconds=round(time.perf_counter() - start, 1))
+    error = summary["total_bpd_std_error"]  # NaN for one image: no standard error to print
+    spread = f" ± {error:.4f}" if math.isfinite(error) else " (one image: no standard error)"
     print(
-        f"NLL bound {summary['total_bpd']:.4f} ± {summary['total_bpd_std_error']:.4f} bits/dim over "
+        f"NLL bound {summary['total_bpd']:.4f}{spread} bits/dim over "
         f"{summary['num_images']} images (prior {summary['prior_bpd']:.2e}, decoder {summary['decoder_bpd']:.4f}, "
         f"rate {summary['rate_bpd']:.4f}; {summary['seconds']} s)"
     )

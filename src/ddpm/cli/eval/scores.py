@@ -57,11 +57,12 @@ def _check_source(args, name: str) -> None:
         return
     from ddpm.cli.options import check_batch_fits, check_output, check_room, image_bytes, memory_bytes
     from ddpm.cli.sampler_options import setup_sampler
-    from ddpm.evaluation.generate import load_pipeline
+
+    from .common import load_checked
 
     if not args.num_samples:
         raise UsageError(f"--num-samples: {args.source} is a pipeline folder; give how many images to generate")
-    pipe = load_pipeline(args.source, device=args.device)
+    pipe = load_checked(args.source, args.device)
     args.sampler, args.num_inference_steps = setup_sampler(pipe, args)
     n = args.num_samples
     check_room("--num-samples", n, n * image_bytes(pipe), "this machine's memory", memory_bytes(), "the images")

@@ -205,6 +205,10 @@ def test_unet_forward_bad_inputs(unet, sample, timestep, needles):
 def test_unet_forward_non_tensor_sample(unet):
     with pytest.raises(TypeError, match="sample"):
         unet(np.zeros((1, 3, 8, 8), dtype=np.float32), 3)
+    with pytest.raises(TypeError, match="timestep='3'"):
+        unet(torch.zeros(1, 3, 8, 8), "3")
+    with pytest.raises(ValueError, match="timestep=nan"):
+        unet(torch.zeros(1, 3, 8, 8), float("nan"))
 
 
 def test_unet_forward_legitimate_inputs(unet):

@@ -18,6 +18,7 @@ the fifth level: 113,673,219 parameters.)
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -244,6 +245,13 @@ class UNet2DModel(ModelMixin):
 
     def _timesteps(self, timestep, batch: int, device: torch.device) -> torch.Tensor:
         if not torch.is_tensor(timestep):
+            if not isinstance(timestep, numbers.Real):
+                raise TypeError(
+                    f"timestep={timestep!r} must be a number or a tensor (a scalar, or 1 or {batch} values), got "
+                    f"{type(timestep).__name__}"
+                )
+            if isinstance(timestep, float) and not -math.inf < timestep < math.inf:  # (a comparison: traceable)
+                raise ValueError(f"timestep={timestep!r} must be a finite number")
             # As Diffusers: a Python float is truncated toward zero by the integer conversion.
             return torch.tensor([timestep], dtype=torch.long, device=device).expand(batch)
         if timestep.ndim > 1 or timestep.numel() not in (1, batch):

@@ -135,7 +135,7 @@ def _check_betas(betas: torch.Tensor, beta_start, beta_end, beta_schedule: str, 
         if not (isinstance(value, (int, float)) and 0 <= value <= 1)
     ] or [f"beta_start={beta_start!r}", f"beta_end={beta_end!r}"]
     raise ValueError(
-        f"{' and '.join(culprits)} with beta_schedule={beta_schedule!r} give {found}; every beta must be a finite "
+        f"{' and '.join(culprits)}: beta_schedule={beta_schedule!r} then gives {found}; every beta must be a finite "
         "number in [0, 1] (beta_start and beta_end in [0, 1], e.g. the paper's 0.0001 and 0.02)."
     )
 

@@ -166,6 +166,7 @@ class DDPMPipeline:
     def __init__(self, unet, scheduler):
         from .models.fast_paths import FastPaths
 
+        _check_unet_and_scheduler(unet, scheduler)
         self.unet = unet
         self.scheduler = scheduler
         self._fast_paths = FastPaths()
@@ -290,7 +291,7 @@ class DDPMPipeline:
                 device = arg
             else:
                 raise TypeError(f"DDPMPipeline.to() cannot interpret argument {arg!r} as a device or a dtype")
-        self.unet.to(device=device, dtype=_parse_dtype(dtype))
+        self.unet.to(device=_check_device(device), dtype=_parse_dtype(dtype))
         if memory_format is not None:
             self.unet.to(memory_format=memory_format)
         return self
@@ -765,6 +766,7 @@ class DDIMPipeline(DDPMPipeline):
     def __init__(self, unet, scheduler):
         from .schedulers.ddim import DDIMScheduler
 
+        _check_unet_and_scheduler(unet, scheduler)
         if type(scheduler).__name__ != "DDIMScheduler":
             scheduler = DDIMScheduler.from_config(scheduler.config)
         super().__init__(unet, scheduler)
@@ -805,6 +807,47 @@ class DDIMPipeline(DDPMPipeline):
             progress,
             step_kwargs,
         )
+
+
+def _check_unet_and_scheduler(unet, scheduler) -> None:
+    """``TypeError`` naming the argument and what it got unless ``unet`` is a UNet2DModel-like module (a
+    ``torch.nn.Module`` with a ``config``: ours, Diffusers' or a compiled one) and ``scheduler`` has a ``config`` and
+    callable ``set_timesteps`` and ``step`` (ours or Diffusers')."""
+    if not isinstance(unet, torch.nn.Module) or getattr(unet, "config", None) is None:
+        raise TypeError(
+            f"unet must be a UNet2DModel (a torch.nn.Module with a config: ddpm's, Diffusers' or a torch.compile'd "
+            f"one), got {type(unet).__name__}"
+        )
+    missing = [name for name in ("set_timesteps", "step") if not callable(getattr(scheduler, name, None))] + (
+        [] if getattr(scheduler, "config", None) is not None else ["config"]
+    )
+    if missing:
+        raise TypeError(
+            f"scheduler must be a scheduler (ddpm's DDPMScheduler, DDIMScheduler, DPMSolverMultistepScheduler, "
+            f"AnalyticDPMScheduler, or a Diffusers scheduler: an object with config, set_timesteps and step), got "
+            f"{type(scheduler).__name__} (no {', '.join(missing)})"
+        )
+
+
+def _check_device(device):
+    """``device`` (None, a string, an int or a torch.device) as given, or ``ValueError`` naming it when torch cannot
+    parse it or it is a CUDA device on a machine without CUDA."""
+    if device is None or isinstance(device, torch.device):
+        parsed = device
+    else:
+        try:
+            parsed = torch.device(device)
+        except (RuntimeError, TypeError, ValueError) as err:
+            raise ValueError(
+                f"device={device!r} is not a device torch knows ({err}); allowed: 'cpu', 'cuda', 'cuda:N', 'mps', "
+                "another torch device type, a device index, or a torch.device"
+            ) from None
+    if parsed is not None and parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device={device!r}: CUDA is not available on this machine (torch.cuda.is_available() is "
+            "False); allowed here: 'cpu'"
+        )
+    return device
 
 
 def _unwrap_compiled(module):

@@ -17,8 +17,11 @@ the fifth level: 113,673,219 parameters.)
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -189,6 +192,9 @@ class UNet2DModel(ModelMixin):
         self.conv_act = nn.SiLU()
         self.conv_out = Conv2d(channels[0], out_channels, kernel_size=3, padding=1)
         self.set_fast_paths(FastPaths())
+        # For the shape checks of forward (plain ints: a few Python comparisons per call).
+        self._in_channels = int(in_channels)
+        self._size_multiple = 2 ** (len(channels) - 1)
 
     @property
     def fast_paths(self) -> FastPaths:
@@ -223,12 +229,36 @@ class UNet2DModel(ModelMixin):
                 module.fast_paths = value
         return self
 
+    def _check_sample(self, sample) -> None:
+        """``TypeError``/``ValueError`` naming the expected and the given shape unless ``sample`` is a [B, C, H, W]
+        tensor with the UNet's channels and H, W divisible by its total downsampling. Shape comparisons only."""
+        if not isinstance(sample, torch.Tensor):
+            raise TypeError(f"sample must be a torch.Tensor of shape [B, C, H, W], got {type(sample).__name__}")
+        shape = sample.shape
+        m = self._size_multiple
+        if len(shape) != 4 or shape[1] != self._in_channels or shape[2] % m or shape[3] % m:
+            raise ValueError(
+                f"sample has shape {tuple(shape)}; this UNet takes a 4-D batch [B, {self._in_channels}, H, W] "
+                f"({self._in_channels} channels) with H and W divisible by {m} (2 to the power of the "
+                f"{len(self.down_blocks) - 1} downsampling(s), the number of levels minus one)"
+            )
+
     def _timesteps(self, timestep, batch: int, device: torch.device) -> torch.Tensor:
         if not torch.is_tensor(timestep):
+            if not isinstance(timestep, numbers.Real):
+                raise TypeError(
+                    f"timestep={timestep!r} must be a number or a tensor (a scalar, or 1 or {batch} values), got "
+                    f"{type(timestep).__name__}"
+                )
+            if isinstance(timestep, float) and not -math.inf < timestep < math.inf:  # (a comparison: traceable)
+                raise ValueError(f"timestep={timestep!r} must be a finite number")
             # As Diffusers: a Python float is truncated toward zero by the integer conversion.
             return torch.tensor([timestep], dtype=torch.long, device=device).expand(batch)
-        if timestep.ndim > 1:
-            raise ValueError(f"timestep must be a scalar or a 1-d tensor, got shape {tuple(timestep.shape)}")
+        if timestep.ndim > 1 or timestep.numel() not in (1, batch):
+            raise ValueError(
+                f"timestep has shape {tuple(timestep.shape)} for a sample batch of {batch}; allowed: a scalar, or a "
+                f"1-d tensor of 1 or {batch} values (one per image)"
+            )
         if timestep.device != device:
             timestep = timestep.to(device, non_blocking=True)
         return timestep.reshape(-1).expand(batch)
@@ -246,6 +276,7 @@ class UNet2DModel(ModelMixin):
         """
         if class_labels is not None:
             raise ValueError("class_embedding needs to be initialized in order to use class conditioning")
+        self._check_sample(sample)
         # Fast path: oneDNN convolutions run faster on NHWC activations (the output is given back in NCHW).
         nhwc = self._fast_paths.runs_channels_last(sample, self.conv_in.weight)
         if nhwc:
@@ -277,6 +308,10 @@ class UNet2DModel(ModelMixin):
         return UNet2DOutput(sample=h)
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
 def _validate(args: dict) -> None:
     """Refuse configurations this library does not build (NotImplementedError) or that are inconsistent."""
     down, up = tuple(args["down_block_types"]), tuple(args["up_block_types"])
@@ -293,6 +328,14 @@ def _validate(args: dict) -> None:
         )
     if not channels:
         raise ValueError("block_out_channels must not be empty")
+    for key in ("in_channels", "out_channels"):
+        if not _is_int(args[key]) or args[key] < 1:
+            raise ValueError(f"{key}={args[key]!r} must be a positive integer (image channels).")
+    if not all(_is_int(c) and c >= 1 for c in channels):
+        raise ValueError(f"block_out_channels={channels!r} must hold positive integers (the width of each level).")
+    dim = args["time_embedding_dim"]
+    if dim is not None and (not _is_int(dim) or dim < 1):
+        raise ValueError(f"time_embedding_dim={dim!r} must be None (4 * block_out_channels[0]) or a positive integer.")
     for key, value in (("down_block_types", down), ("up_block_types", up)):
         allowed = DOWN_BLOCK_TYPES if key == "down_block_types" else UP_BLOCK_TYPES
         for v in value:
@@ -313,15 +356,40 @@ def _validate(args: dict) -> None:
             raise _not_built(key, args[key], allowed)
     if args["norm_num_groups"] is None:
         raise _not_built("norm_num_groups", None, "an int dividing every block_out_channels entry")
-    if not isinstance(args["layers_per_block"], int) or args["layers_per_block"] < 1:
+    if not _is_int(args["layers_per_block"]):
         raise _not_built("layers_per_block", args["layers_per_block"], "a positive int (one value for all levels)")
+    if args["layers_per_block"] < 1:
+        raise ValueError(f"layers_per_block={args['layers_per_block']!r} must be a positive integer")
     groups = args["norm_num_groups"]
+    if not _is_int(groups) or groups < 1:
+        raise ValueError(
+            f"norm_num_groups={groups!r} must be a positive integer dividing every block_out_channels entry"
+        )
     for c in channels:
         if c % groups:
             raise ValueError(f"norm_num_groups={groups} must divide every block_out_channels entry, got {c}")
+    attn_groups = args["attn_norm_num_groups"]
+    if attn_groups is not None and (not _is_int(attn_groups) or attn_groups < 1 or channels[-1] % attn_groups):
+        raise ValueError(
+            f"attn_norm_num_groups={attn_groups!r} must be None (norm_num_groups) or a positive integer dividing the "
+            f"mid block's width block_out_channels[-1]={channels[-1]}"
+        )
+    head_dim = args["attention_head_dim"]
+    if head_dim is not None and (not _is_int(head_dim) or head_dim < 1):
+        raise ValueError(f"attention_head_dim={head_dim!r} must be None (one head) or a positive integer")
+    eps = args["norm_eps"]
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps < math.inf:
+        raise ValueError(f"norm_eps={eps!r} must be a finite number >= 0")
+    dropout = args["dropout"]
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout <= 1:
+        raise ValueError(f"dropout={dropout!r} must be a probability in [0, 1]")
     if args["downsample_padding"] not in (0, 1):
         raise _not_built("downsample_padding", args["downsample_padding"], (0, 1))
     size = args["sample_size"]
-    if size is not None and not isinstance(size, int):
-        if not (isinstance(size, (list, tuple)) and len(size) == 2):
-            raise ValueError(f"sample_size must be an int or a (height, width) pair, got {size!r}")
+    if size is not None:
+        sides = size if isinstance(size, (list, tuple)) else (size,)
+        if (isinstance(size, (list, tuple)) and len(size) != 2) or not all(_is_int(v) and v >= 1 for v in sides):
+            raise ValueError(
+                f"sample_size={size!r} is not a valid image size; allowed: None, a positive int or a (height, width) "
+                "pair of positive ints."
+            )

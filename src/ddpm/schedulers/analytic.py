@@ -63,6 +63,7 @@ from .common import (
     VARIANCE_TYPES,
     SchedulerMixin,
     check_choice,
+    check_noise_pair,
     check_num_inference_steps,
     check_num_train_timesteps,
     spaced_timesteps,
@@ -880,6 +881,7 @@ class AnalyticDPMScheduler(SchedulerMixin):
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
         """x_t = √ᾱ_t x_0 + √(1-ᾱ_t) ε (the forward process), t an int or one per batch item."""
+        check_noise_pair(original_samples, noise)
         t = torch.as_tensor(timesteps, device=original_samples.device).reshape(-1)
         a = self.alphas_cumprod.to(device=original_samples.device, dtype=torch.float64)[t]
         shape = (-1, *([1] * (original_samples.ndim - 1)))

@@ -43,6 +43,7 @@ __all__ = [
     "StepPositions",
     "check_choice",
     "check_custom_timesteps",
+    "check_noise_pair",
     "check_num_inference_steps",
     "check_num_train_timesteps",
     "spaced_timesteps",
@@ -54,6 +55,30 @@ def check_choice(name: str, value: Any, allowed: Sequence[str]) -> None:
     """``ValueError`` naming the argument, the value and the allowed values unless ``value in allowed``."""
     if value not in allowed:
         raise ValueError(f"{name}={value!r} is not supported; allowed: {', '.join(repr(v) for v in allowed)}.")
+
+
+def check_noise_pair(sample: Any, noise: Any, sample_name: str = "original_samples") -> None:
+    """``TypeError`` unless both are tensors (numpy arrays are refused, as in Diffusers, whose ``add_noise`` calls
+    ``Tensor.to`` on them), ``ValueError`` naming both shapes unless ``noise`` broadcasts to ``sample``'s shape.
+
+    Shape comparisons only: no tensor operation, no device synchronisation.
+    """
+    for name, value in ((sample_name, sample), ("noise", noise)):
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(
+                f"{name} must be a torch.Tensor, got {type(value).__module__}.{type(value).__qualname__}; convert it "
+                "first (torch.as_tensor(array))."
+            )
+    if noise.shape != sample.shape:
+        try:
+            fits = torch.broadcast_shapes(sample.shape, noise.shape) == sample.shape
+        except RuntimeError:
+            fits = False
+        if not fits:
+            raise ValueError(
+                f"noise has shape {tuple(noise.shape)} but {sample_name} has shape {tuple(sample.shape)}; they must be "
+                "equal (or noise must broadcast to it)."
+            )
 
 
 def check_num_train_timesteps(value: Any) -> int:
@@ -347,6 +372,7 @@ class ForwardProcessMixin:
         not changed (the coefficients are cached per device and dtype). ᾱ_t is the public float32
         ``alphas_cumprod`` (as Diffusers); the square roots are taken in float64 and rounded once to the dtype.
         """
+        check_noise_pair(original_samples, noise)
         t = self._timestep_tensor(timesteps, original_samples)
         sqrt_a = self._gather("ref_sqrt_alphas_cumprod", t, original_samples)
         sqrt_b = self._gather("ref_sqrt_one_minus_alphas_cumprod", t, original_samples)
@@ -362,6 +388,7 @@ class ForwardProcessMixin:
 
     def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
         """v = sqrt(ᾱ_t) ε - sqrt(1 - ᾱ_t) x_0 (Salimans & Ho 2022), the v_prediction target; t as in add_noise."""
+        check_noise_pair(sample, noise, "sample")
         t = self._timestep_tensor(timesteps, sample)
         sqrt_a = self._gather("ref_sqrt_alphas_cumprod", t, sample)
         sqrt_b = self._gather("ref_sqrt_one_minus_alphas_cumprod", t, sample)

@@ -108,7 +108,36 @@ def make_betas(
         raise ValueError(f"beta_schedule={beta_schedule!r} is not supported; allowed: {', '.join(BETA_SCHEDULES)}.")
     if rescale_betas_zero_snr:
         betas = rescale_zero_terminal_snr(betas)
+    _check_betas(betas, beta_start, beta_end, beta_schedule, trained_betas)
     return betas
+
+
+def _check_betas(betas: torch.Tensor, beta_start, beta_end, beta_schedule: str, trained_betas) -> None:
+    """``ValueError`` naming the arguments unless every beta is finite and in [0, 1].
+
+    Each β_t is a variance fraction: outside [0, 1], ᾱ_t = Π (1 - β_s) leaves [0, 1] and √ᾱ_t, √(1 - ᾱ_t) are NaN.
+    0 (no noise added at that step) and exactly 1 (the last step of a zero-terminal-SNR rescale) are legitimate,
+    as are the cosine schedule's betas clipped at 0.999.
+    """
+    bad = ~(torch.isfinite(betas) & (betas >= 0) & (betas <= 1))
+    if not bool(bad.any()):
+        return
+    first = int(bad.nonzero()[0, 0])
+    found = f"betas[{first}] = {float(betas[first])!r}"
+    if trained_betas is not None:
+        raise ValueError(
+            f"trained_betas has {int(bad.sum())} value(s) outside [0, 1] or not finite ({found}); every beta must be a "
+            "finite number in [0, 1]."
+        )
+    culprits = [
+        f"{name}={value!r}"
+        for name, value in (("beta_start", beta_start), ("beta_end", beta_end))
+        if not (isinstance(value, (int, float)) and 0 <= value <= 1)
+    ] or [f"beta_start={beta_start!r}", f"beta_end={beta_end!r}"]
+    raise ValueError(
+        f"{' and '.join(culprits)}: beta_schedule={beta_schedule!r} then gives {found}; every beta must be a finite "
+        "number in [0, 1] (beta_start and beta_end in [0, 1], e.g. the paper's 0.0001 and 0.02)."
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -43,6 +43,7 @@ from .common import (
     SchedulerMixin,
     check_choice,
     check_custom_timesteps,
+    check_noise_pair,
     check_num_inference_steps,
     check_num_train_timesteps,
     threshold_sample,
@@ -727,6 +728,7 @@ class DPMSolverMultistepScheduler(SchedulerMixin):
         a timestep outside the schedule, or any timestep before ``set_timesteps``, uses its training level
         s_t = sqrt((1 - ᾱ_t)/ᾱ_t). ``timesteps``: an int, a sequence, or a 0-d / [B] integer tensor.
         """
+        check_noise_pair(original_samples, noise)
         T = self.config.num_train_timesteps
         batch = original_samples.shape[0] if original_samples.ndim else 1
         if self._begin_index is not None and self.num_inference_steps is not None:

@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     )[0]
     j.step("resume to step 300", [[*ddpm, "train", "--output-dir", "run", "--resume"]])
     j.step(
-        "sample the trained model (its ddpm.json: DDIM 50 steps) and its raw weights",
+        "sample the trained model (its ddpm.json) and its raw weights",
         [
             [*ddpm, "sample", "--model", "run/pipeline", "--out", "run-ema.png"],
             [*ddpm, "sample", "--model", "run", "--weights", "raw", "--out", "run-raw.png"],

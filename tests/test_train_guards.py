@@ -156,7 +156,7 @@ def test_model_config_keys_of_the_wrong_type(tiny, tmp_path, capsys, keys, needl
 
 def test_proxy_fid_errors_name_the_option(tiny, tmp_path, capsys):
     argv, _ = tiny
-    _refused(capsys, [*argv, "--fid-every", "5"], "--fid-ref-stats: ")
+    _refused(capsys, [*argv, "--fid-every", "5"], "--fid-ref-stats: missing: ", "--fid-every 5", "allowed: ")
     text = tmp_path / "t.npz"
     text.write_text("not statistics")
     _refused(capsys, [*argv, "--fid-every", "5", "--fid-ref-stats", str(text)], f"--fid-ref-stats: '{text}': ")

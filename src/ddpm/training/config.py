@@ -414,7 +414,12 @@ def _validate_ecosystem(cfg: TrainConfig) -> None:
     need(cfg.progress_interval >= 0, "progress_interval", ">= 0 seconds (0: a line at every --log-every)")
     need(cfg.image_column is None or bool(cfg.image_column), "image_column", "a column name")
     need(_is_int(cfg.fid_every) and cfg.fid_every >= 0, "fid_every", "an integer >= 0 (0: no proxy FID)")
-    need(cfg.fid_every == 0 or bool(cfg.fid_ref_stats), "fid_ref_stats", "a statistics file when fid_every > 0")
+    if cfg.fid_every and not cfg.fid_ref_stats:
+        raise ConfigError(
+            f"invalid fid_ref_stats={cfg.fid_ref_stats!r}: must be a statistics file when fid_every > 0",
+            "fid_ref_stats", None, "statistics made by ddpm eval fid SOURCE REFERENCE --ref-stats FILE",
+            reason=f"missing: the proxy FID of --fid-every {cfg.fid_every} needs reference statistics",
+        )  # fmt: skip
     need(
         _is_int(cfg.fid_num_samples) and 2 <= cfg.fid_num_samples <= MAX_FID_SAMPLES, "fid_num_samples",
         f"an integer in [2, {MAX_FID_SAMPLES}] (a full FID uses 50,000 images)",

@@ -114,16 +114,17 @@ def test_the_doc_section_is_replaced_and_the_rest_kept(tmp_path):
     from benchmarks.campaign.runner import markdown, replace_section
 
     doc = tmp_path / "hardening.md"
-    doc.write_text("# Title\n\nbaseline table\n\n<!-- BEGIN after -->\nplaceholder\n<!-- END after -->\n\n## Limits\n")
+    head = "# Title\n\n`--doc` replaces the `<!-- BEGIN after -->` section.\n\nbaseline table\n\n"
+    doc.write_text(head + "<!-- BEGIN after -->\nplaceholder\n<!-- END after -->\n\n## Limits\n")
     records = [Record("options/x=1", "options", "12", "ddpm x", "error", "", "ok", "exit 2: ...", 1.0)]
     records.append(Record("options/x=2", "options", "12", "ddpm x --y", "error", "", "silent-wrong", "exit 0", 1.0))
     replace_section(doc, markdown(records, 60.0), {"commit": "abcdef0123", "date": "2026-11-30 23:00 UTC"})
     text = doc.read_text()
-    assert text.startswith("# Title\n\nbaseline table\n\n<!-- BEGIN after -->\n") and text.endswith("\n## Limits\n")
+    assert text.startswith(head + "<!-- BEGIN after -->\n") and text.endswith("<!-- END after -->\n\n## Limits\n")
     assert "placeholder" not in text and "Commit abcdef0, 2026-11-30 23:00 UTC." in text
     assert "| options | 2 | 1 |  | 1 |" in text and "`options/x=2`" in text
     replace_section(doc, markdown(records[:1], 60.0), {"commit": "1234567", "date": "later"})  # idempotent markers
-    assert doc.read_text().count("<!-- BEGIN after -->") == 1 and "`options/x=2`" not in doc.read_text()
+    assert doc.read_text().count("<!-- END after -->") == 1 and "`options/x=2`" not in doc.read_text()
     (tmp_path / "plain.md").write_text("no markers\n")
     with pytest.raises(ValueError, match="BEGIN after"):
         replace_section(tmp_path / "plain.md", "x")

@@ -99,11 +99,13 @@ def section_parts(doc_path: str | os.PathLike) -> tuple[str, str, str]:
     when the file lacks exactly one such section (checked before a campaign starts)."""
     path = Path(doc_path)
     doc = path.read_text()
-    if doc.count(BEGIN) != 1 or doc.count(END) != 1 or doc.index(BEGIN) > doc.index(END):
-        raise ValueError(f"{path}: needs exactly one {BEGIN} ... {END} section")
-    head, rest = doc.split(BEGIN, 1)
-    middle, tail = rest.split(END, 1)
-    return head, middle, tail
+    lines = doc.splitlines(keepends=True)
+    begins = [i for i, line in enumerate(lines) if line.strip() == BEGIN]  # markers on lines of their own
+    ends = [i for i, line in enumerate(lines) if line.strip() == END]
+    if len(begins) != 1 or len(ends) != 1 or begins[0] > ends[0]:
+        raise ValueError(f"{path}: needs exactly one {BEGIN} ... {END} section (each marker on a line of its own)")
+    b, e = begins[0], ends[0]
+    return "".join(lines[:b]), "".join(lines[b + 1 : e]), "".join(lines[e + 1 :])
 
 
 def replace_section(doc_path: str | os.PathLike, text: str, meta: dict | None = None) -> None:
@@ -114,7 +116,7 @@ def replace_section(doc_path: str | os.PathLike, text: str, meta: dict | None = 
     head, _, tail = section_parts(path)
     meta = meta or _meta(0.0)
     note = f"Commit {meta.get('commit', '?')[:7]}, {meta.get('date', '?')}.\n\n" if meta else ""
-    path.write_text(f"{head}{BEGIN}\n\n{note}{text.strip()}\n\n{END}{tail}")
+    path.write_text(f"{head}{BEGIN}\n\n{note}{text.strip()}\n\n{END}\n{tail}")
 
 
 def merge(previous_json: str, records: list[Record]) -> list[Record]:

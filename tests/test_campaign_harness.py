@@ -51,10 +51,10 @@ def test_timeout_and_a_failed_check(tmp_path, fx):
 
 
 def test_a_real_ddpm_attempt_is_ok(tmp_path, fx):
-    attempt = Attempt("t/ddpm", "t", "12", ["sample", "--num-images", "0"], "error", "a clean error")
+    attempt = Attempt("t/ddpm", "t", "12", ["sample", "--num-samples", "0"], "error", "a clean error")
     record = run_attempt(attempt, fx, tmp_path)
     assert record.outcome == "ok", record.evidence
-    assert "--num-images" in record.evidence and record.command == "ddpm sample --num-images 0"
+    assert "--num-samples" in record.evidence and record.command == "ddpm sample --num-samples 0"
 
 
 def _verdict(**kw) -> Run:
@@ -84,7 +84,7 @@ def test_the_table():
     attempts = all_attempts()
     ids = [a.id for a in attempts]
     assert len(ids) == len(set(ids))
-    assert 150 <= len(attempts) <= 450
+    assert 150 <= len(attempts) <= 600
     assert {a.cls for a in attempts} == set(CLASSES)
     assert all(a.expect in ("ok", "error", "either") for a in attempts)
     assert all(a.kind in ("cli", "api", "custom") for a in attempts)
@@ -107,3 +107,45 @@ def test_the_valid_class_passes_on_this_code(tmp_path):
     attempts = [a for a in all_attempts() if a.cls == "valid"]
     records = run_campaign(attempts, jobs=2, root=tmp_path / "campaign", quiet=True)
     assert [r.id for r in records if r.outcome != "ok"] == []
+
+
+def test_the_doc_section_is_replaced_and_the_rest_kept(tmp_path):
+    from benchmarks.campaign.core import Record
+    from benchmarks.campaign.runner import markdown, replace_section
+
+    doc = tmp_path / "hardening.md"
+    head = "# Title\n\n`--doc` replaces the `<!-- BEGIN after -->` section.\n\nbaseline table\n\n"
+    doc.write_text(head + "<!-- BEGIN after -->\nplaceholder\n<!-- END after -->\n\n## Limits\n")
+    records = [Record("options/x=1", "options", "12", "ddpm x", "error", "", "ok", "exit 2: ...", 1.0)]
+    records.append(Record("options/x=2", "options", "12", "ddpm x --y", "error", "", "silent-wrong", "exit 0", 1.0))
+    replace_section(doc, markdown(records, 60.0), {"commit": "abcdef0123", "date": "2026-11-30 23:00 UTC"})
+    text = doc.read_text()
+    assert text.startswith(head + "<!-- BEGIN after -->\n") and text.endswith("<!-- END after -->\n\n## Limits\n")
+    assert "placeholder" not in text and "Commit abcdef0, 2026-11-30 23:00 UTC." in text
+    assert "| options | 2 | 1 |  | 1 |" in text and "`options/x=2`" in text
+    replace_section(doc, markdown(records[:1], 60.0), {"commit": "1234567", "date": "later"})  # idempotent markers
+    assert doc.read_text().count("<!-- END after -->") == 1 and "`options/x=2`" not in doc.read_text()
+    (tmp_path / "plain.md").write_text("no markers\n")
+    with pytest.raises(ValueError, match="BEGIN after"):
+        replace_section(tmp_path / "plain.md", "x")
+
+
+def test_this_rounds_attempts_and_spellings_are_in_the_table():
+    from benchmarks.campaign.fixtures import TRAIN_TINY
+
+    attempts = {a.id: a for a in all_attempts()}
+    assert "--no-progress" in TRAIN_TINY and "--quiet" not in TRAIN_TINY
+    for name in ("export-checkpoint-missing", "export-checkpoint-is-pipeline", "export-out-not-empty"):
+        assert f"files/{name}" in attempts
+    for name in ("grad-accum=0", "grad-accum=-1", "grad-accum=1e9", "report-to=mlflow", "fid-every=5", "data=hf:",
+                 "threads=100000", "num-inference-steps=5000", "config=npz", "model-config=npz"):  # fmt: skip
+        assert attempts[f"options/train/{name}"].expect == "error", name
+    for name in ("sample/weights=raw", "sample/scale=0", "nll/threads=100000", "sample/threads=100000"):
+        assert f"options/{name}" in attempts
+    old = {"--quiet", "--num-images", "--steps", "--sample-steps"}
+    with_old = sorted(a.id for a in attempts.values() if a.kind == "cli" and old & set(a.cmd))
+    assert with_old == [
+        "numerics/train-sample-steps-0", "valid/nll-num-images-alias", "valid/sample-num-images-alias",
+        "valid/sample-steps-alias", "valid/train-quiet-alias", "valid/train-sample-steps-alias",
+    ]  # fmt: skip
+    assert attempts["valid/fid-stats-8-features"].check is not None and attempts["valid/fid-stats"].timeout >= 300

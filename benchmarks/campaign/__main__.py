@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from .core import Record
-from .runner import markdown, merge, run_campaign, write_reports
+from .runner import markdown, merge, replace_section, run_campaign, section_parts, write_reports
 from .table import CLASSES, all_attempts
 
 
@@ -33,14 +33,28 @@ def main(argv: list[str] | None = None) -> int:
         help="a previous --json: rerun some attempts and merge their records in",
     )
     p.add_argument("--report", default=None, metavar="JSON", help="print (or --markdown) the tables of a --json file")
+    p.add_argument(
+        "--doc",
+        default=None,
+        metavar="MD",
+        help="replace the section between <!-- BEGIN after --> and <!-- END after --> of this Markdown file "
+        "(docs/hardening.md) with the tables",
+    )
     p.add_argument("--list", action="store_true", help="list the attempts and exit")
     args = p.parse_args(argv)
+    if args.doc:
+        try:
+            section_parts(args.doc)
+        except (OSError, ValueError) as err:
+            p.error(f"--doc: {err}")
 
     if args.report:
         data = json.loads(Path(args.report).read_text())
         records = [Record(**r) for r in data["attempts"]]
         text = markdown(records, data["meta"].get("minutes", 0) * 60)
-        Path(args.markdown).write_text(text) if args.markdown else print(text)
+        if args.doc:
+            replace_section(args.doc, text, data["meta"])
+        Path(args.markdown).write_text(text) if args.markdown else None if args.doc else print(text)
         return 0
     attempts = all_attempts()
     if args.only:
@@ -62,10 +76,10 @@ def main(argv: list[str] | None = None) -> int:
         start = time.monotonic()
         records = run_campaign(attempts, jobs=args.jobs, root=args.root, keep=args.keep, fork=not args.no_fork)
         merged = merge(args.merge, records)
-        write_reports(merged, time.monotonic() - start, args.json, args.markdown)
+        write_reports(merged, time.monotonic() - start, args.json, args.markdown, args.doc)
         return 0 if all(r.outcome == "ok" for r in merged) else 1
     records = run_campaign(attempts, jobs=args.jobs, root=args.root, keep=args.keep, json_path=args.json,
-                           markdown_path=args.markdown, fork=not args.no_fork)  # fmt: skip
+                           markdown_path=args.markdown, fork=not args.no_fork, doc_path=args.doc)  # fmt: skip
     return 0 if all(r.outcome == "ok" for r in records) else 1
 
 

@@ -32,8 +32,8 @@ TINY_TRAIN_UNET = {
 #: A tiny training run (all options that a kill/interference attempt shares); add --max-steps, --output-dir ...
 TRAIN_TINY = [
     "--data", "{npz}", "--resolution", "8", "--channels", "3", "--model-config", "{unet_json}", "--batch-size", "4",
-    "--sample-every", "0", "--warmup-steps", "2", "--num-workers", "0", "--log-every", "1", "--quiet", "--seed", "3",
-    "--lr", "1e-3", "--dropout", "0.1",
+    "--sample-every", "0", "--warmup-steps", "2", "--num-workers", "0", "--log-every", "1", "--no-progress",
+    "--seed", "3", "--lr", "1e-3", "--dropout", "0.1",
 ]  # fmt: skip
 
 
@@ -84,11 +84,18 @@ class Fixtures:
         p["empty_dir"] = str(d / "empty_dir")
         (d / "empty_dir").mkdir(exist_ok=True)
 
-        # FID statistics: small (8 features) so that the distance is instant; one with NaN, one not a covariance.
+        # FID statistics. stats/stats2: the Inception's 2048 pool3 features (the normal case; well conditioned, n as
+        # for a 50k FID), for the valid attempt only: one FID of them costs about a minute of CPU. stats8/stats8b: 8
+        # features (the distance is instant), for the option attempts and the bad statistics below (NaN, infinite,
+        # not a covariance, another feature size), so that those fail for their own reason, not for the size.
+        wide = rng.normal(size=(64, 2048))
+        mu, sigma = wide.mean(0), np.cov(wide, rowvar=False) + 0.01 * np.eye(2048)
+        p["stats"] = _save_stats(d / "stats.npz", mu, sigma, n=50_000)
+        p["stats2"] = _save_stats(d / "stats2.npz", mu + 0.5, sigma * 1.5, n=50_000)
         feats = rng.normal(size=(40, 8))
         mu, sigma = feats.mean(0), np.cov(feats, rowvar=False)
-        p["stats"] = _save_stats(d / "stats.npz", mu, sigma)
-        p["stats2"] = _save_stats(d / "stats2.npz", mu + 0.5, sigma * 1.5)
+        p["stats8"] = _save_stats(d / "stats8.npz", mu, sigma)
+        p["stats8b"] = _save_stats(d / "stats8b.npz", mu + 0.5, sigma * 1.5)
         p["stats_nan"] = _save_stats(d / "stats_nan.npz", np.full_like(mu, np.nan), sigma)
         p["stats_inf"] = _save_stats(d / "stats_inf.npz", mu, np.where(np.eye(8) > 0, np.inf, 0.0))
         p["stats_neg"] = _save_stats(d / "stats_neg.npz", mu, -np.eye(8))
@@ -188,8 +195,8 @@ def _save_npz(path: Path, images: np.ndarray) -> str:
     return str(path)
 
 
-def _save_stats(path: Path, mu: np.ndarray, sigma: np.ndarray) -> str:
-    np.savez(path, mu=mu, sigma=sigma, n=np.int64(40))
+def _save_stats(path: Path, mu: np.ndarray, sigma: np.ndarray, n: int = 40) -> str:
+    np.savez(path, mu=mu, sigma=sigma, n=np.int64(n))
     return str(path)
 
 

@@ -31,6 +31,7 @@ def run_campaign(
     markdown_path: str | None = None,
     quiet: bool = False,
     fork: bool = True,
+    doc_path: str | None = None,
 ) -> list[Record]:
     from . import core
 
@@ -70,7 +71,7 @@ def run_campaign(
     records.sort(key=lambda r: order[r.id])
     elapsed = time.monotonic() - start
     say("\n" + markdown(records, elapsed))
-    write_reports(records, elapsed, json_path, markdown_path)
+    write_reports(records, elapsed, json_path, markdown_path, doc_path)
     if not keep:
         import shutil
 
@@ -78,12 +79,44 @@ def run_campaign(
     return records
 
 
-def write_reports(records: list[Record], elapsed: float, json_path: str | None, markdown_path: str | None) -> None:
+def write_reports(
+    records: list[Record], elapsed: float, json_path: str | None, markdown_path: str | None, doc_path: str | None = None
+) -> None:
     if json_path:
         payload = {"meta": _meta(elapsed), "counts": summarize(records), "attempts": [r.as_dict() for r in records]}
         Path(json_path).write_text(json.dumps(payload, indent=1) + "\n")
     if markdown_path:
         Path(markdown_path).write_text(markdown(records, elapsed))
+    if doc_path:
+        replace_section(doc_path, markdown(records, elapsed))
+
+
+BEGIN, END = "<!-- BEGIN after -->", "<!-- END after -->"
+
+
+def section_parts(doc_path: str | os.PathLike) -> tuple[str, str, str]:
+    """The text before ``<!-- BEGIN after -->``, between the markers and after ``<!-- END after -->``; a ValueError
+    when the file lacks exactly one such section (checked before a campaign starts)."""
+    path = Path(doc_path)
+    doc = path.read_text()
+    lines = doc.splitlines(keepends=True)
+    begins = [i for i, line in enumerate(lines) if line.strip() == BEGIN]  # markers on lines of their own
+    ends = [i for i, line in enumerate(lines) if line.strip() == END]
+    if len(begins) != 1 or len(ends) != 1 or begins[0] > ends[0]:
+        raise ValueError(f"{path}: needs exactly one {BEGIN} ... {END} section (each marker on a line of its own)")
+    b, e = begins[0], ends[0]
+    return "".join(lines[:b]), "".join(lines[b + 1 : e]), "".join(lines[e + 1 :])
+
+
+def replace_section(doc_path: str | os.PathLike, text: str, meta: dict | None = None) -> None:
+    """Put ``text`` (the tables of a run) between the markers ``<!-- BEGIN after -->`` and ``<!-- END after -->`` of
+    the Markdown file ``doc_path`` (docs/hardening.md), replacing what was there; the rest of the file is kept.
+    ``meta`` (a ``--json`` file's): a first line saying which commit and when."""
+    path = Path(doc_path)
+    head, _, tail = section_parts(path)
+    meta = meta or _meta(0.0)
+    note = f"Commit {meta.get('commit', '?')[:7]}, {meta.get('date', '?')}.\n\n" if meta else ""
+    path.write_text(f"{head}{BEGIN}\n\n{note}{text.strip()}\n\n{END}\n{tail}")
 
 
 def merge(previous_json: str, records: list[Record]) -> list[Record]:

@@ -167,7 +167,7 @@ def make_train_kill(moment: str, sig: int = signal.SIGKILL, max_steps: int = 12,
         killed = finish_process(proc, 60, started)
         if killed.rc == 0:
             return "ok", f"the run finished before the kill ({moment} {'seen' if hit else 'not seen'}); nothing tested"
-        resumed = fx.run_ddpm(["train", "--output-dir", str(out), "--resume", "--quiet"], work, timeout=240)
+        resumed = fx.run_ddpm(["train", "--output-dir", str(out), "--resume", "--no-progress"], work, timeout=240)
         if bad := _failed(resumed, "resume"):
             return bad
         if bad := _compare_run(out, ref, max_steps):
@@ -204,7 +204,7 @@ def make_train_interrupt(sig: int, max_steps: int = 40):
             )
         if "--resume" not in stopped.stderr:
             return "silent-wrong", f"{name}: checkpoint written but no resume command printed"
-        resumed = fx.run_ddpm(["train", "--output-dir", str(out), "--resume", "--quiet"], work, timeout=240)
+        resumed = fx.run_ddpm(["train", "--output-dir", str(out), "--resume", "--no-progress"], work, timeout=240)
         if bad := _failed(resumed, "resume"):
             return bad
         if bad := _compare_run(out, ref, max_steps):
@@ -226,9 +226,9 @@ EVAL_JOBS = {
         "g.npz", "images",
     ),
     "nll": (
-        ["eval", "nll", "--model", "{tiny}", "--data", "{npz_many}", "--num-images", "48", "--batch-size", "2",
+        ["eval", "nll", "--model", "{tiny}", "--data", "{npz_many}", "--num-samples", "48", "--batch-size", "2",
          "--t-batch", "1", "--out", "{work}/n.npz"],
-        ["eval", "nll", "--model", "{tiny}", "--data", "{npz_many}", "--num-images", "1", "--batch-size", "1",
+        ["eval", "nll", "--model", "{tiny}", "--data", "{npz_many}", "--num-samples", "1", "--batch-size", "1",
          "--t-batch", "50", "--out", "{work}/n.npz"],
         "n.npz", "total_bpd",
     ),
@@ -351,7 +351,7 @@ def make_changed_resume(extra: list[str], expect: str, max_steps: int = 6):
 
     def custom(work: Path, fx):
         out = _base_run(fx, work)
-        args = ["train", "--output-dir", str(out), "--resume", "--quiet", "--max-steps", str(max_steps)]
+        args = ["train", "--output-dir", str(out), "--resume", "--no-progress", "--max-steps", str(max_steps)]
         run = fx.run_ddpm(args + _fill(fx, extra, work), work, timeout=240)
         if TRACEBACK in run.stderr:
             return "traceback", traceback_evidence(run.stderr)
@@ -392,8 +392,8 @@ def make_damaged_resume(damage: str):
         elif damage == "export":
             shutil.rmtree(out / "pipeline")
             max_steps = 4
-        run = fx.run_ddpm(["train", "--output-dir", str(out), "--resume", "--quiet", "--max-steps", str(max_steps)],
-                          work, timeout=240)  # fmt: skip
+        resume = ["train", "--output-dir", str(out), "--resume", "--no-progress", "--max-steps", str(max_steps)]
+        run = fx.run_ddpm(resume, work, timeout=240)
         if TRACEBACK in run.stderr:
             return "traceback", traceback_evidence(run.stderr)
         if run.rc is not None and run.rc < 0:
@@ -431,7 +431,7 @@ def make_archive_cache():
         def nll(archive: str, cache: str, name: str) -> Run:
             env_work = work / cache
             env_work.mkdir(exist_ok=True)
-            args = ["eval", "nll", "--model", "{tiny}", "--data", f"cifar10:{archive}@test", "--num-images", "4",
+            args = ["eval", "nll", "--model", "{tiny}", "--data", f"cifar10:{archive}@test", "--num-samples", "4",
                     "--t-batch", "25", "--json", str(work / name)]  # fmt: skip
             return fx.run_ddpm(args, env_work)
 

@@ -32,7 +32,7 @@ CLASSES = ("valid", "options", "files", "numerics", "kills", "interference", "ca
 # ---------------------------------------------------------------------------------------------------------------
 # Valid base commands of each sub-command (small and fast); option attempts append one option to these.
 # ---------------------------------------------------------------------------------------------------------------
-SAMPLE = ["sample", "--model", "{tiny}", "--num-images", "2", "--batch-size", "2", "--num-inference-steps", "3",
+SAMPLE = ["sample", "--model", "{tiny}", "--num-samples", "2", "--batch-size", "2", "--num-inference-steps", "3",
           "--threads", "1", "--no-progress", "--out", "{work}/s.npz"]  # fmt: skip
 GENERATE = ["eval", "generate", "--model", "{tiny}", "--num-samples", "2", "--batch-size", "2",
             "--num-inference-steps", "3", "--threads", "1", "--out", "{work}/g.npz"]  # fmt: skip
@@ -43,21 +43,21 @@ NLL = [
     "{tiny}",
     "--data",
     "{npz}",
-    "--num-images",
+    "--num-samples",
     "2",
     "--batch-size",
     "2",
     "--t-batch",
     "10",
 ]
-FID = ["eval", "fid", "{stats}", "{stats2}"]
+FID = ["eval", "fid", "{stats8}", "{stats8b}"]  # 8 features: instant (the 2048 case: valid/fid-stats)
 IS = ["eval", "is", "{samples}"]
 PROGRESSIVE = [
     "eval",
     "progressive",
     "--model",
     "{tiny}",
-    "--num-images",
+    "--num-samples",
     "2",
     "--every",
     "10",
@@ -66,7 +66,7 @@ PROGRESSIVE = [
 ]
 SHARED = ["eval", "shared-latent", "--model", "{tiny}", "--num-samples", "2", "--out", "{work}/sl.png"]
 INTERP = ["eval", "interpolate", "--model", "{tiny}", "--data", "{npz}", "--pairs", "0,1", "--out", "{work}/i.png"]
-RATE = ["eval", "rate-distortion", "--model", "{tiny}", "--data", "{npz}", "--num-images", "2", "--t-batch", "10",
+RATE = ["eval", "rate-distortion", "--model", "{tiny}", "--data", "{npz}", "--num-samples", "2", "--t-batch", "10",
         "--out", "{work}/rd"]  # fmt: skip
 ANALYTIC = ["analytic-dpm", "--model", "{work}/m", "--data", "{npz}", "--num-samples-per-timestep", "2",
             "--batch-size", "50", "--no-progress"]  # fmt: skip
@@ -115,6 +115,36 @@ def warns(work: Path, fx, run) -> str | None:
     if not warned(run.stderr):
         return "accepted without a warning: " + (run.stdout.strip().splitlines() or [""])[-1][:150]
     return None
+
+
+def notice(old: str, then=None):
+    """A deprecated spelling (issue #17) still works, with its one-line notice on stderr; ``then``: the result's
+    check."""
+
+    def check(work: Path, fx, run) -> str | None:
+        if f"{old} is deprecated" not in run.stderr:
+            return f"{old} accepted without its deprecation notice"
+        return then(work, fx, run) if then is not None else None
+
+    return check
+
+
+def _finished_run(work: Path, fx) -> None:
+    """A copy of a finished 4-step tiny run in ``work/run`` (for ``ddpm export``)."""
+    scenarios._base_run(fx, work)
+
+
+def _finished_run_and_full_folder(work: Path, fx) -> None:
+    _finished_run(work, fx)
+    (work / "full").mkdir()
+    (work / "full" / "keep.txt").write_text("not a pipeline")
+
+
+def _kept(name: str):
+    def check(work: Path, fx, run) -> str | None:
+        return None if (work / name).is_file() else f"{name} was removed by a refused command"
+
+    return check
 
 
 def finite_exports(work: Path, fx, run) -> str | tuple[str, str] | None:
@@ -173,15 +203,27 @@ def early_error(full: list[str], startup: list[str], key: str):
 def valid_attempts() -> list[Attempt]:
     a = []
 
-    def add(name, cmd, what, check=None, setup=None, expect="ok"):
-        a.append(Attempt(f"valid/{name}", "valid", "-", cmd, expect, what, check=check, setup=setup))
+    def add(name, cmd, what, check=None, setup=None, expect="ok", **kw):
+        a.append(Attempt(f"valid/{name}", "valid", "-", cmd, expect, what, check=check, setup=setup, **kw))
 
     add("sample-npz", SAMPLE, "2 images in s.npz", npz_count("s.npz", 2, (8, 8, 3)))
-    add("sample-bundled", ["sample", "--num-images", "3", "--no-progress", "--threads", "1", "--out", "{work}/b.npz"],
+    add("sample-bundled", ["sample", "--num-samples", "3", "--no-progress", "--threads", "1", "--out", "{work}/b.npz"],
         "the bundled model: 3 images 28x28x1", npz_count("b.npz", 3, (28, 28, 1)))  # fmt: skip
     add("sample-png", [*SAMPLE[:-1], "{work}/s.png"], "a PNG grid", files_exist("s.png"))
     add("sample-folder", [*SAMPLE[:-1], "{work}/imgs"], "one PNG per image", files_exist("imgs/000000.png"))
-    add("sample-steps-alias", [*SAMPLE, "--steps", "2"], "deprecated --steps still works", npz_count("s.npz", 2))
+    # the old spellings of issue #17 work for one release, with a notice (the other attempts use the new ones)
+    add("sample-steps-alias", [*SAMPLE, "--steps", "2"], "deprecated --steps still works",
+        notice("--steps", npz_count("s.npz", 2)))  # fmt: skip
+    add("sample-num-images-alias", [*SAMPLE, "--num-images", "3"], "deprecated --num-images still works",
+        notice("--num-images", npz_count("s.npz", 3)))  # fmt: skip
+    add("nll-num-images-alias", [*NLL, "--num-images", "3"], "deprecated --num-images still works",
+        notice("--num-images"))  # fmt: skip
+    add("train-quiet-alias", [*TRAIN, "--quiet"], "deprecated --quiet still works",
+        notice("--quiet", files_exist("run/pipeline/model_index.json")))  # fmt: skip
+    add("train-sample-steps-alias", [*TRAIN, "--sample-every", "2", "--sample-steps", "3"],
+        "deprecated --sample-steps still works", notice("--sample-steps", files_exist("run/samples")))  # fmt: skip
+    add("export", ["export", "--checkpoint", "{work}/run", "--out", "{work}/e"], "a pipeline folder from a run",
+        files_exist("e/model_index.json", "e/unet/config.json"), _finished_run, timeout=300)  # fmt: skip
     for sampler in ("ddim", "dpm-solver++"):
         add(f"sample-{sampler}", [*SAMPLE, "--sampler", sampler], f"{sampler} sampler", npz_count("s.npz", 2))
     add("generate", GENERATE, "2 images in g.npz", npz_count("g.npz", 2, (8, 8, 3)))
@@ -189,7 +231,9 @@ def valid_attempts() -> list[Attempt]:
         npz_count("g.npz", 5))  # fmt: skip
     add("nll", [*NLL, "--out", "{work}/n.npz", "--json", "{work}/n.json"], "a finite bound, n.npz and n.json",
         files_exist("n.npz", "n.json"))  # fmt: skip
-    add("fid-stats", FID, "FID of two statistics files")
+    add("fid-stats", ["eval", "fid", "{stats}", "{stats2}"], "FID of two statistics files of 2048 features",
+        timeout=600)  # fmt: skip
+    add("fid-stats-8-features", FID, "statistics of 8 features (another network): a FID with a warning", warns)
     add("is-no-classifier", IS, "a clean 'skipped: needs --inception-logits'", expect="error")
     add("progressive", PROGRESSIVE, "p.png", files_exist("p.png"))
     add("shared-latent", SHARED, "sl.png", files_exist("sl.png"))
@@ -230,7 +274,7 @@ def _option_table():
     devices = [("tpu", "error"), ("cuda", "error"), ("cuda:7", "error"), ("", "error")]
     return {
         "sample": (SAMPLE, None, [
-            ("--num-images", _int_values(1, HUGE, "error")),
+            ("--num-samples", _int_values(1, HUGE, "error")),
             ("--batch-size", batch()),
             ("--num-inference-steps", steps()),
             ("--seed", seed()),
@@ -240,6 +284,8 @@ def _option_table():
             ("--dtype", [("float64", "error")]),
             ("--sampler", [("foo", "error"), ("analytic-ddpm", "error")]),
             ("--out", [("{work}/s.jpg", "error"), ("{work}", "either")]),
+            ("--weights", [("raw", "error")]),  # a pipeline folder has one set of weights; --weights is for runs
+            ("--scale", [("0", "error"), ("-1", "error")]),
         ]),
         "generate": (GENERATE, None, [
             ("--num-samples", _int_values(1, HUGE, "error")),
@@ -253,11 +299,12 @@ def _option_table():
             ("--out", [("{work}/g.png", "error"), ("{work}", "error")]),
         ]),
         "nll": (NLL, None, [
-            ("--num-images", _int_values(0, HUGE, "either")),
+            ("--num-samples", _int_values(0, HUGE, "either")),
             ("--batch-size", batch()),
             ("--t-batch", _int_values(1, HUGE, "either")),
             ("--seed", seed()),
             ("--device", devices),
+            ("--threads", [("100000", "either")]),
         ]),
         "fid": (FID, None, [
             ("--num-samples", _int_values(1, HUGE, "either")),
@@ -276,7 +323,7 @@ def _option_table():
             ("--batch-size", _int_values(1, None, "either")),
         ]),
         "progressive": (PROGRESSIVE, None, [
-            ("--num-images", _int_values(1, HUGE, "error")),
+            ("--num-samples", _int_values(1, HUGE, "error")),
             ("--every", _int_values(1, HUGE, "either")),
             ("--num-inference-steps", steps()),
             ("--seed", _int_values(0, None, "either")),
@@ -297,7 +344,7 @@ def _option_table():
             ("--lambdas", [("nan", "error"), ("x", "error"), ("-1,2", "either"), ("", "either")]),
         ]),
         "rate-distortion": (RATE, None, [
-            ("--num-images", _int_values(0, None, "either")),
+            ("--num-samples", _int_values(0, None, "either")),
             ("--t-batch", _int_values(1, None, "either")),
             ("--batch-size", _int_values(1, None, "either")),
         ]),
@@ -319,7 +366,7 @@ def _option_table():
             ("--max-steps", _int_values(1, None, "either")),
             ("--checkpoint-every", _int_values(1, None, "either")),
             ("--sample-every", [("-1", "error")]),
-            ("--sample-steps", _int_values(1, "5000", "error")),
+            ("--num-inference-steps", _int_values(1, "5000", "error")),
             ("--num-samples", _int_values(1, None, "either")),
             ("--keep-checkpoints", _int_values(1, None, "either")),
             ("--seed", [("-1", "either"), (str(10**20), "either"), ("1e20", "error")]),
@@ -332,16 +379,48 @@ def _option_table():
             ("--lr-schedule", [("foo", "error")]),
             ("--config", [("nosuchpreset", "error"), ("{a_file}", "error"), ("{npz}", "error")]),
             ("--model-config", [("{work}/missing.json", "error"), ("{a_file}", "error"),
-                                ("{work}/keys.json", "error")]),
+                                ("{work}/keys.json", "error"), ("{npz}", "error"), ("{work}/list.json", "error"),
+                                ("{work}/types.json", "error"), ("/dev/zero", "error")]),
+            # what this round added (so that a rerun guards it)
+            ("--grad-accum", _int_values(1, HUGE, "error", extra=[("1e9", "error")])),
+            ("--report-to", [("mlflow", "error")]),
+            ("--fid-every", [("5", "error")]),  # without --fid-ref-stats
+            ("--data", [("hf:", "error")]),
+            ("--threads", [("100000", "error")]),
         ]),
     }  # fmt: skip
 
 
-INT_OPTIONS_WITHOUT_STRING = {"--timesteps", "--pairs", "--lambdas", "--out", "--device", "--sampler", "--dtype"}
+INT_OPTIONS_WITHOUT_STRING = {
+    "--timesteps",
+    "--pairs",
+    "--lambdas",
+    "--out",
+    "--device",
+    "--sampler",
+    "--dtype",
+    "--weights",
+    "--report-to",
+    "--data",
+}
+#: Options added after the baseline that get no rotated string: the rotation of the others, hence their ids, stays.
+NEW_WITHOUT_STRING = {
+    ("sample", "--scale"),
+    ("nll", "--threads"),
+    ("train", "--threads"),
+    ("train", "--fid-every"),
+    ("train", "--grad-accum"),
+}
 
 
 def _write_bad_keys(work: Path, fx) -> None:
+    import json
+
+    from .fixtures import TINY_TRAIN_UNET
+
     (work / "keys.json").write_text('{"no_such_key": 1, "block_out_channels": "wide"}')
+    (work / "list.json").write_text("[8, 16]")
+    (work / "types.json").write_text(json.dumps(dict(TINY_TRAIN_UNET, layers_per_block="1", norm_eps="small")))
 
 
 def option_attempts() -> list[Attempt]:
@@ -350,6 +429,7 @@ def option_attempts() -> list[Attempt]:
         for option, values in options:
             values = list(values)
             numeric = option not in INT_OPTIONS_WITHOUT_STRING and not any(v == "foo" for v, _ in values)
+            numeric = numeric and (sub, option) not in NEW_WITHOUT_STRING
             if numeric and option not in ("--config", "--model-config", "--precision", "--lr-schedule"):
                 pool = FLOAT_STRINGS if option in FLOAT_OPTIONS else STRINGS
                 values.append((pool[rotation % len(pool)], "error"))
@@ -372,9 +452,9 @@ def option_attempts() -> list[Attempt]:
 # ---------------------------------------------------------------------------------------------------------------
 # files
 # ---------------------------------------------------------------------------------------------------------------
-SAMPLE_WORK = ["sample", "--num-images", "6", "--batch-size", "6", "--sampler", "ddpm", "--num-inference-steps",
+SAMPLE_WORK = ["sample", "--num-samples", "6", "--batch-size", "6", "--sampler", "ddpm", "--num-inference-steps",
                "250", "--threads", "1", "--no-progress"]  # fmt: skip
-NLL_WORK = ["eval", "nll", "--model", "{tiny}", "--data", "{npz_many}", "--num-images", "48", "--batch-size", "2",
+NLL_WORK = ["eval", "nll", "--model", "{tiny}", "--data", "{npz_many}", "--num-samples", "48", "--batch-size", "2",
             "--t-batch", "1"]  # fmt: skip
 
 
@@ -429,7 +509,7 @@ def file_attempts() -> list[Attempt]:
     add(
         "nll-truncated-jpeg",
         "5",
-        [*NLL, "--data", "{jpeg_truncated}", "--num-images", "8"],
+        [*NLL, "--data", "{jpeg_truncated}", "--num-samples", "8"],
         "either",
         "a truncated JPEG: skipped with a warning, or a clean error",
     )
@@ -468,6 +548,22 @@ def file_attempts() -> list[Attempt]:
         "error",
         "no reference and no cache: a clean error",
     )
+    # ddpm export (this round): inputs that are not checkpoints, an output folder that holds something else
+    export = ["export", "--out", "{work}/e", "--checkpoint"]
+    for name, checkpoint, setup in (
+        ("export-checkpoint-missing", "{work}/nope", None),
+        ("export-checkpoint-file", "{a_file}", None),
+        ("export-checkpoint-empty-dir", "{empty_dir}", None),
+        ("export-checkpoint-is-pipeline", "{work}/run/pipeline", _finished_run),
+        ("export-checkpoint-is-tiny-pipeline", "{tiny}", None),
+        ("export-checkpoint-zero-byte", "{zero_byte}", None),
+    ):
+        add(name, "4,5", [*export, checkpoint], "error", "not a checkpoint: a clean error", setup=setup, timeout=300)
+    add("export-out-not-empty", "4", ["export", "--checkpoint", "{work}/run", "--out", "{work}/full"], "error",
+        "a non-empty --out without --overwrite: refused, its file kept", setup=_finished_run_and_full_folder,
+        check=_kept("full/keep.txt"), tags=("error-check",), timeout=300)  # fmt: skip
+    add("export-out-under-file", "4", ["export", "--checkpoint", "{work}/run", "--out", "{a_file}/e"], "error",
+        "an output under a file: a clean error", setup=_finished_run, timeout=300)  # fmt: skip
     for src in ("{zero_byte}", "{npz}", "{work}/nope.npz"):
         label = src.strip("{}").replace("work}/", "")
         add(f"rate-distortion-from-{label}", "7", ["eval", "rate-distortion", "--from", src, "--out", "{work}/rd"],
@@ -477,7 +573,7 @@ def file_attempts() -> list[Attempt]:
     sample_full = [*SAMPLE_WORK, "--out", "{work}/s.png"]
     sample_small = [
         "sample",
-        "--num-images",
+        "--num-samples",
         "1",
         "--num-inference-steps",
         "1",
@@ -486,7 +582,7 @@ def file_attempts() -> list[Attempt]:
         "{work}/x.png",
     ]
     nll_full = NLL_WORK
-    nll_small = [*NLL_WORK, "--num-images", "1", "--t-batch", "50"]
+    nll_small = [*NLL_WORK, "--num-samples", "1", "--t-batch", "50"]
     early_sample = early_error(sample_full, sample_small, "sample")
     early_nll = early_error(nll_full, nll_small, "nll")
     outs = [
@@ -547,8 +643,8 @@ def numeric_attempts() -> list[Attempt]:
         ("stats_neg", "covariance not PSD"),
         ("stats_dim4", "other feature size"),
     ):
-        add(f"fid-{stats}", "7", ["eval", "fid", "{stats}", "{" + stats + "}"], "error", f"{what}: a clean error")
-        add(f"fid-{stats}-eigh", "7", ["eval", "fid", "{stats}", "{" + stats + "}", "--method", "eigh"], "error",
+        add(f"fid-{stats}", "7", ["eval", "fid", "{stats8}", "{" + stats + "}"], "error", f"{what}: a clean error")
+        add(f"fid-{stats}-eigh", "7", ["eval", "fid", "{stats8}", "{" + stats + "}", "--method", "eigh"], "error",
             f"{what}: a clean error (eigh)")  # fmt: skip
     add(
         "sample-nan-weights",
@@ -578,7 +674,8 @@ def numeric_attempts() -> list[Attempt]:
         "11",
         [*TRAIN, "--batch-size", "64"],
         "either",
-        "batch 64 of 24 images: trains (epochs wrap) or a clean error",
+        "batch 64 of 24 images: trains with a warning (images repeat in a batch) or a clean error",
+        check=warns,
     )
     add(
         "train-channels-mismatch",
@@ -591,7 +688,7 @@ def numeric_attempts() -> list[Attempt]:
     add(
         "sample-num-images-huge-npz",
         "11",
-        [*SAMPLE, "--num-images", "100000000000"],
+        [*SAMPLE, "--num-samples", "100000000000"],
         "error",
         "an impossible count: refused before the work",
         timeout=45,
@@ -604,7 +701,7 @@ def numeric_attempts() -> list[Attempt]:
         "an impossible count: refused before the work",
         timeout=45,
     )
-    add("nll-num-images-0-all", "11", [*NLL, "--num-images", "0"], "ok", "0 means all 24 images")
+    add("nll-num-samples-0-all", "11", [*NLL, "--num-samples", "0"], "ok", "0 means all 24 images")
     add(
         "sample-eta-1e300",
         "12",
@@ -702,7 +799,7 @@ def interference_attempts() -> list[Attempt]:
         "ddpm train into a finished run's folder without --resume",
     )
     changes = [
-        ("ema-warmup", ["--ema-warmup"], "notice", "9"),
+        ("ema-warmup", ["--no-ema-warmup"], "notice", "9"),  # the warm-up is on by default (issue #17)
         ("other-data", ["--data", "{npz2}"], "notice", "9"),
         ("threads", ["--threads", "2"], "either", "9,14"),
         ("seed", ["--seed", "5"], "notice", "9"),

@@ -239,6 +239,8 @@ _FIELD_OPTIONS = {
     "sample_steps": "--num-inference-steps",
     "model": "--model-config",
     "output_dir": "--output-dir",
+    "preset": "--config",
+    "model_config": "--model-config",
     **{dest: "--" + dest.replace("_", "-") for dest, _, _ in _OPTIONS},
     **{dest: "--" + dest.replace("_", "-") for dest in ("hflip", "ema_warmup", "gradient_checkpointing", "compile")},
 }
@@ -250,6 +252,10 @@ def _config_error(err) -> str:
     if key is None:
         return f"ddpm train: error: {err}"
     option = _FIELD_OPTIONS.get(key, f"--config ({key})")
+    if getattr(err, "reason", ""):  # the error says what was wrong without the value: --option: value: reason
+        value = "" if err.value is None else f"{err.value!r}: "
+        allowed = f"; allowed: {err.allowed}" if err.allowed else ""
+        return f"ddpm train: error: {option}: {value}{err.reason}{allowed}"
     text = str(err)
     detail = text.split(": ", 1)[1] if text.startswith("invalid ") and ": " in text else text
     if err.allowed is None:
@@ -301,6 +307,7 @@ def run(args) -> int:
         if not args.dry_run:
             run_folder.check_output_dir(cfg.output_dir)
             run_folder.check_device(cfg.device)
+            _check_memory(cfg)
     except ConfigError as err:
         print(_config_error(err), file=sys.stderr)
         return 2
@@ -346,7 +353,43 @@ def _proxy_fid(cfg):
             sampler=cfg.fid_sampler, seed=cfg.sample_seed,
         )  # fmt: skip
     except (ValueError, FileNotFoundError) as err:
-        print(f"ddpm train: error: {err}", file=sys.stderr)
+        print(_proxy_fid_error(err), file=sys.stderr)
         return None
     logging.getLogger(__name__).info("every %d steps: %s", cfg.fid_every, evaluator.describe())
     return evaluator
+
+
+def _proxy_fid_error(err: Exception) -> str:
+    """``--fid-ref-stats: 'X': reason; allowed: ...`` for the proxy FID's ``fid_ref_stats='X': reason`` errors."""
+    text = str(err)
+    field, sep, rest = text.partition("=")
+    if sep and field in _FIELD_OPTIONS and ": " in rest:
+        value, reason = rest.split(": ", 1)
+        allowed = "statistics made by ddpm eval fid SOURCE REFERENCE --ref-stats FILE"
+        return f"ddpm train: error: {_FIELD_OPTIONS[field]}: {value}: {reason}; allowed: {allowed}"
+    return f"ddpm train: error: {text}"
+
+
+def _check_memory(cfg) -> None:
+    """Refuse, before anything starts, a batch (or model) whose lower bound of one step's memory exceeds this
+    process's device: :func:`ddpm.training.config.check_step_fits` (a batch of 10^9 images is otherwise minutes of
+    set-up before an out-of-memory error, or an endless loop over a small data set)."""
+    import torch
+
+    from ddpm.training.config import check_step_fits
+
+    world = max(1, int(os.environ.get("WORLD_SIZE", "1") or 1))
+    device = str(cfg.device)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    have, where = None, "this machine's memory"
+    if device.startswith("cuda") and torch.cuda.is_available():
+        index = int(device.partition(":")[2] or os.environ.get("LOCAL_RANK", "0") or 0)
+        if index < torch.cuda.device_count():
+            have, where = torch.cuda.get_device_properties(index).total_memory, f"cuda:{index}'s memory"
+    elif device == "cpu":
+        try:
+            have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (AttributeError, OSError, ValueError):  # pragma: no cover - platforms without sysconf
+            have = None
+    check_step_fits(cfg, have, where, world)

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import math
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,9 +35,12 @@ class ConfigError(ValueError):
     ``key`` (a :class:`TrainConfig` field name, or None), ``value`` and ``allowed`` are set when one option is at
     fault, so a command line can name its own option (``--lr``) instead of the field."""
 
-    def __init__(self, message: str, key: str | None = None, value: Any = None, allowed: str | None = None):
+    def __init__(
+        self, message: str, key: str | None = None, value: Any = None, allowed: str | None = None, reason: str = ""
+    ):
         super().__init__(message)
         self.key, self.value, self.allowed = key, value, allowed
+        self.reason = reason  # the message without the value, for ``--option: value: reason; allowed: ...``
 
 
 def cifar10_unet() -> dict[str, Any]:
@@ -265,6 +269,10 @@ class TrainConfig:
                 f"invalid scheduler num_train_timesteps={steps!r}: must be {allowed}", "num_train_timesteps", steps,
                 allowed,
             )  # fmt: skip
+        allowed = f"an integer in [1, {steps}] (the scheduler's num_train_timesteps)"
+        integer("sample_steps", 1, steps, allowed)
+        if self.fid_every:
+            integer("fid_num_inference_steps", 1, steps, allowed)
         self.build_scheduler()  # the scheduler owns its vocabularies and checks them
         if not self.model.get("block_out_channels"):
             raise ConfigError("model: a UNet2DModel config needs 'block_out_channels'", "model")
@@ -288,6 +296,13 @@ class TrainConfig:
                 f"model: block_out_channels={blocks!r} must be a list of positive integers", "model", blocks,
                 "a list of positive integers",
             )  # fmt: skip
+        if len(blocks) > MAX_LEVELS:
+            raise ConfigError(
+                f"model: block_out_channels has {len(blocks)} levels", "model", None,
+                f"1 to {MAX_LEVELS} levels (every level but the last halves the image)",
+                reason=f"block_out_channels has {len(blocks)} levels",
+            )  # fmt: skip
+        _check_model_types(self.model)
         factor = self.downsampling()
         if self.resolution % factor:
             allowed = f"a multiple of {factor}, the UNet's total downsampling ({len(blocks)} levels)"
@@ -307,6 +322,12 @@ MAX_RESOLUTION = 4096
 MAX_TRAIN_TIMESTEPS = 100_000
 MAX_NUM_SAMPLES = 4096
 MAX_SEED = 2**62
+MAX_FID_SAMPLES = 50_000
+#: Largest ``layers_per_block`` and number of levels of a UNet config (more is a typo; 13 levels halve 4096 to 1).
+MAX_LAYERS_PER_BLOCK = 100
+MAX_LEVELS = 13
+#: A JSON config (preset, UNet config.json) larger than this is not one.
+MAX_JSON_BYTES = 16 * 2**20
 
 
 def max_threads_allowed() -> int:
@@ -321,6 +342,45 @@ def _device_name_ok(name: Any) -> bool:
         return True
     head, _, index = name.partition(":")
     return head == "cuda" and index.isdigit()
+
+
+def _check_model_types(model: dict[str, Any]) -> None:
+    """A ConfigError for a UNet config key whose JSON type cannot be the one UNet2DModel takes (a string where a
+    number goes, a number where a list goes), judged from the constructor's defaults; keys it does not know are left
+    to the model (Diffusers' configs carry keys of other versions)."""
+    import inspect
+
+    from ddpm.models import UNet2DModel
+
+    kinds = {
+        name: prm.default
+        for name, prm in inspect.signature(UNet2DModel.__init__).parameters.items()
+        if prm.default is not inspect.Parameter.empty and prm.default is not None
+    }
+    for key, value in model.items():
+        if key not in kinds or value is None:
+            continue
+        default = kinds[key]
+        if isinstance(default, bool):
+            ok, kind = isinstance(value, bool), "true or false"
+        elif isinstance(default, int):
+            ok, kind = _is_int(value), "an integer"
+        elif isinstance(default, float):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            kind = "a finite number"
+        elif isinstance(default, str):
+            ok, kind = isinstance(value, str), "a string"
+        elif isinstance(default, (tuple, list)):
+            ok, kind = isinstance(value, (tuple, list)), "a list"
+        else:
+            continue
+        if ok and key == "layers_per_block" and value > MAX_LAYERS_PER_BLOCK:  # (< 1: the UNet's own message)
+            ok, kind = False, f"an integer in [1, {MAX_LAYERS_PER_BLOCK}]"
+        if not ok:
+            raise ConfigError(
+                f"model: {key}={value!r} must be {kind}", "model", None, f"{key}: {kind}",
+                reason=f"{key}={value!r} is not {kind}",
+            )  # fmt: skip
 
 
 REPORT_TARGETS = ("none", "auto", "tensorboard", "wandb")
@@ -354,8 +414,16 @@ def _validate_ecosystem(cfg: TrainConfig) -> None:
     need(cfg.progress_interval >= 0, "progress_interval", ">= 0 seconds (0: a line at every --log-every)")
     need(cfg.image_column is None or bool(cfg.image_column), "image_column", "a column name")
     need(_is_int(cfg.fid_every) and cfg.fid_every >= 0, "fid_every", "an integer >= 0 (0: no proxy FID)")
-    need(cfg.fid_every == 0 or bool(cfg.fid_ref_stats), "fid_ref_stats", "a statistics file when fid_every > 0")
-    need(_is_int(cfg.fid_num_samples) and cfg.fid_num_samples >= 2, "fid_num_samples", "an integer >= 2")
+    if cfg.fid_every and not cfg.fid_ref_stats:
+        raise ConfigError(
+            f"invalid fid_ref_stats={cfg.fid_ref_stats!r}: must be a statistics file when fid_every > 0",
+            "fid_ref_stats", None, "statistics made by ddpm eval fid SOURCE REFERENCE --ref-stats FILE",
+            reason=f"missing: the proxy FID of --fid-every {cfg.fid_every} needs reference statistics",
+        )  # fmt: skip
+    need(
+        _is_int(cfg.fid_num_samples) and 2 <= cfg.fid_num_samples <= MAX_FID_SAMPLES, "fid_num_samples",
+        f"an integer in [2, {MAX_FID_SAMPLES}] (a full FID uses 50,000 images)",
+    )  # fmt: skip
     need(_is_int(cfg.fid_num_inference_steps) and cfg.fid_num_inference_steps >= 1, "fid_num_inference_steps",
          "a positive integer")  # fmt: skip
     need(cfg.fid_sampler in PROXY_FID_SAMPLERS, "fid_sampler", f"one of {', '.join(PROXY_FID_SAMPLERS)}")
@@ -413,36 +481,85 @@ def find_preset(name_or_path: str | os.PathLike) -> Path:
     working directory holds; anything else (``my.json``, ``./cifar10``, ``runs/x.json``) is a path to a JSON file.
     :class:`ConfigError` naming the value and the shipped presets otherwise."""
     shipped = ", ".join(preset_names())
+    text = os.fspath(name_or_path)
+    allowed = preset_allowed()
     if is_preset_name(name_or_path):
-        candidate = PRESET_DIR / f"{os.fspath(name_or_path)}.json"
+        candidate = PRESET_DIR / f"{text}.json"
         if candidate.is_file():
             return candidate
         raise ConfigError(
-            f"no preset {os.fspath(name_or_path)!r}: the shipped presets are {shipped} "
-            "(for a file of your own give its path, e.g. ./NAME.json)"
-        )
+            f"no preset {text!r}: the shipped presets are {shipped} "
+            "(for a file of your own give its path, e.g. ./NAME.json)",
+            "preset", text, allowed, reason="no preset of this name",
+        )  # fmt: skip
     path = Path(name_or_path)
     if path.is_file():
         return path
-    raise ConfigError(f"no preset {os.fspath(name_or_path)!r}: no such file (the shipped presets are {shipped})")
+    reason = "a folder, not a JSON file" if path.is_dir() else "no such file" if not path.exists() else "not a file"
+    raise ConfigError(
+        f"no preset {text!r}: {reason} (the shipped presets are {shipped})", "preset", text, allowed,
+        reason=f"no preset: {reason}",
+    )  # fmt: skip
 
 
-def load_json_object(path: str | os.PathLike, what: str) -> dict[str, Any]:
+def preset_allowed() -> str:
+    """What ``--config`` takes, for error lines: the shipped presets' names or a JSON file."""
+    return f"a shipped preset ({', '.join(preset_names())}) or a JSON file of training options"
+
+
+def load_json_object(
+    path: str | os.PathLike, what: str, key: str | None = None, allowed: str | None = None
+) -> dict[str, Any]:
+    """The JSON object in the file ``path`` (``what`` names it in messages). :class:`ConfigError` (with ``key`` and
+    ``allowed`` for a command line's error line) for a file that cannot be read, is not a regular file (a folder,
+    ``/dev/zero``), is larger than any config, is binary, is not JSON or holds something other than an object."""
+
+    def fail(message: str, reason: str):
+        return ConfigError(f"{what} {path}: {message}", key, os.fspath(path), allowed, reason=reason)
+
     try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            kind = "a folder" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+            raise fail(f"{kind}, not a JSON file", f"{kind}, not a JSON {what}")
+        if info.st_size > MAX_JSON_BYTES:
+            raise fail(f"{info.st_size} bytes, too large for a JSON config", f"too large for a JSON {what}")
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
     except OSError as err:
-        raise ConfigError(f"cannot read {what} {path}: {err.strerror or err}") from None
+        raise ConfigError(f"cannot read {what} {path}: {err.strerror or err}", key, os.fspath(path), allowed,
+                          reason=f"cannot read it: {err.strerror or err}") from None  # fmt: skip
+    except UnicodeDecodeError:
+        raise fail("not a JSON file (binary data, not UTF-8 text)", f"not a JSON {what} (binary data)") from None
     except json.JSONDecodeError as err:
-        raise ConfigError(f"{what} {path} is not valid JSON: {err}") from None
+        raise ConfigError(f"{what} {path} is not valid JSON: {err}", key, os.fspath(path), allowed,
+                          reason=f"not valid JSON ({err})") from None  # fmt: skip
+    except RecursionError:
+        raise fail("not a JSON config (nested too deeply)", f"not a JSON {what} (nested too deeply)") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{what} {path} must hold a JSON object")
+        raise ConfigError(f"{what} {path} must hold a JSON object", key, os.fspath(path), allowed,
+                          reason=f"holds a JSON {type(data).__name__}, not an object")  # fmt: skip
     return data
 
 
 def load_preset(name_or_path: str | os.PathLike) -> dict[str, Any]:
     path = find_preset(name_or_path)
-    return load_json_object(path, "preset")
+    return load_json_object(path, "preset", "preset", preset_allowed())
+
+
+def _shape_key(model_config, key: str, value: Any, allowed: str) -> Any:
+    """A UNet config's ``sample_size`` (an integer or a square [H, W]), ``in_channels`` (an integer) or ``dropout``
+    (a number), checked for its type here so that an error names the file rather than ``--resolution``."""
+    if key == "sample_size" and isinstance(value, (list, tuple)) and len(value) == 2 and value[0] == value[1]:
+        value = value[0]
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) if key == "dropout" else _is_int(value)
+    if not ok:
+        kind = {"sample_size": "an integer (or a square [H, W])", "in_channels": "an integer"}.get(key, "a number")
+        raise ConfigError(
+            f"model config {model_config}: {key}={value!r} must be {kind}", "model_config", str(model_config),
+            allowed, reason=f"{key}={value!r} is not {kind}",
+        )  # fmt: skip
+    return value
 
 
 def resolve_config(
@@ -457,17 +574,100 @@ def resolve_config(
     if preset is not None:
         cfg = TrainConfig.from_dict(load_preset(preset), base=cfg, source=f"preset {preset}")
     if model_config is not None:
-        data = model_config if isinstance(model_config, dict) else load_json_object(model_config, "model config")
+        allowed = "a UNet2DModel config.json (a JSON object of Diffusers' UNet2DModel keys)"
+        data = model_config
+        if not isinstance(model_config, dict):
+            data = load_json_object(model_config, "model config", "model_config", allowed)
         cls = data.get("_class_name", "UNet2DModel")
         if cls != "UNet2DModel":
-            raise ConfigError(f"model config {model_config}: _class_name is {cls!r}, expected 'UNet2DModel'")
+            raise ConfigError(
+                f"model config {model_config}: _class_name is {cls!r}, expected 'UNet2DModel'", "model_config",
+                str(model_config), allowed, reason=f"_class_name is {cls!r}, not 'UNet2DModel'",
+            )  # fmt: skip
         cfg.model = {k: v for k, v in data.items() if not k.startswith("_")}
         # A file's shape and dropout apply unless given explicitly.
         for key, field_name in (("sample_size", "resolution"), ("in_channels", "channels"), ("dropout", "dropout")):
             if key in data and field_name not in overrides and data[key] is not None:
-                value = data[key][0] if key == "sample_size" and isinstance(data[key], list) else data[key]
+                value = _shape_key(model_config, key, data[key], allowed)
                 setattr(cfg, field_name, value)
     cfg = TrainConfig.from_dict(overrides, base=cfg, source="options")
     for key in _UNET_KEYS_FROM_OPTIONS:
         cfg.model.pop(key, None)
     return cfg.validate()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Sizes that cannot work: a batch larger than the data set or than the memory
+# ---------------------------------------------------------------------------------------------------------------
+def batch_repeat_warning(cfg: TrainConfig, size: int) -> str | None:
+    """A warning when one update's batch holds more images than the data set (``size`` images), else None. Every
+    process draws from the whole set (:class:`~ddpm.training.data_order.DataOrder`), so a batch larger than it wraps
+    around the epochs: it works, but repeats images inside one update. Batches that cannot fit at all are refused
+    earlier by :func:`check_step_fits`."""
+    update = cfg.batch_size * cfg.grad_accum
+    if update <= size:
+        return None
+    what = f"--batch-size {cfg.batch_size}" + (f" x --grad-accum {cfg.grad_accum}" if cfg.grad_accum > 1 else "")
+    return (
+        f"warning: {what} = {update} images per update, more than the {size} images of the data set: each update "
+        f"repeats images (about {update / size:.1f} times each); a batch of at most {size} does not"
+    )
+
+
+def parameter_count(cfg: TrainConfig) -> int:
+    """Parameters of the run's UNet, counted on the meta device (no memory, no arithmetic)."""
+    import torch
+
+    from ddpm.models import UNet2DModel
+
+    with torch.device("meta"):
+        model = UNet2DModel.from_config(cfg.unet_config())
+    return sum(p.numel() for p in model.parameters())
+
+
+def step_memory_bytes(cfg: TrainConfig, world_size: int = 1, grad_accum: int | None = None) -> int:
+    """A lower bound of the memory one training step of one process needs, in bytes: the weights, their gradients,
+    Adam's two moments and the EMA copy (5 x 4 bytes per parameter); the update's noise, drawn whole for the global
+    batch on every process (``batch_size * grad_accum`` x C x R^2 float32); and the first UNet activation of one
+    micro-batch (``batch_size / world_size`` x ``block_out_channels[0]`` x R^2; 2 bytes under bf16/fp16 autocast).
+    The real need is several times larger (every activation is kept for the backward pass)."""
+    k = cfg.grad_accum if grad_accum is None else grad_accum
+    pixels = cfg.resolution * cfg.resolution
+    micro = max(1, cfg.batch_size // max(1, world_size))
+    act_bytes = 2 if cfg.precision in ("bf16", "fp16") else 4
+    noise = cfg.batch_size * k * cfg.channels * pixels * 4
+    activation = micro * int(cfg.model["block_out_channels"][0]) * pixels * act_bytes
+    return 5 * 4 * parameter_count(cfg) + noise + activation
+
+
+def check_step_fits(cfg: TrainConfig, have: int | None, where: str, world_size: int = 1) -> None:
+    """:class:`ConfigError` naming ``--batch-size``, ``--grad-accum`` or the model when one training step's lower
+    bound (:func:`step_memory_bytes`) exceeds ``have`` bytes (``where``: "this machine's memory", "cuda:0's memory");
+    nothing when ``have`` is unknown."""
+    if have is None:
+        return
+    params = 5 * 4 * parameter_count(cfg)
+    if params > have:
+        raise ConfigError(
+            "model: its weights, gradients, Adam moments and EMA take "
+            f"{_human_bytes(params)}, more than the {_human_bytes(have)} of {where}", "model", None,
+            "a smaller UNet", reason=f"weights, gradients, Adam moments and EMA take {_human_bytes(params)}, more "
+            f"than the {_human_bytes(have)} of {where}",
+        )  # fmt: skip
+    for key, k in (("batch_size", 1), ("grad_accum", cfg.grad_accum)):
+        need = step_memory_bytes(cfg, world_size, grad_accum=k)
+        if need > have:
+            value = getattr(cfg, key)
+            text = (
+                f"one training step needs at least {_human_bytes(need)} (noise, first activation, weights), "
+                f"more than the {_human_bytes(have)} of {where}"
+            )
+            raise ConfigError(f"invalid {key}={value}: {text}", key, value, "a smaller value", reason=text)
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} PB"

@@ -53,7 +53,7 @@ from ddpm import io as ddpm_io
 from ddpm.data import DataError, open_dataset, to_model_range
 from ddpm.training import checkpoint as ckpt
 from ddpm.training import run_folder
-from ddpm.training.config import ConfigError, TrainConfig
+from ddpm.training.config import ConfigError, TrainConfig, batch_repeat_warning
 from ddpm.training.data_order import DataOrder, StepBatchSampler
 from ddpm.training.ema import EMA
 from ddpm.training.losses import compute_loss
@@ -484,6 +484,8 @@ class Trainer:
             )
         self._lock_run_folder(info)
         dataset = self._open_data_everywhere(info)
+        if info.is_main and (repeat := batch_repeat_warning(cfg, len(dataset))):
+            logger.warning(repeat)
         environment = run_folder.environment(dataset, info.device)
         state = self._new_state(info, DataOrder(len(dataset), cfg.batch_size * cfg.grad_accum, cfg.seed))
         resumed_from = self._resume(state, info, environment)

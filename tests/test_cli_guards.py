@@ -317,3 +317,12 @@ def test_nll_of_one_image_prints_no_nan(model, data, capsys, tmp_path, monkeypat
     assert main(["eval", "nll", "--model", str(model), "--data", str(data), "--num-samples", "1", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "nan" not in out.lower() and "(one image: no standard error)" in out
+
+
+def test_fid_subset_seed_must_be_a_seed(tmp_path, capsys):
+    """Found by the campaign's final rerun: a negative --subset-seed was accepted when both sets are statistics."""
+    from ddpm.cli import main
+
+    assert main(["eval", "fid", str(tmp_path / "a.npz"), str(tmp_path / "b.npz"), "--subset-seed", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--subset-seed must be in [0, 2**63), got -1" in err

@@ -147,6 +147,7 @@ def run_fid(args) -> int:
     need(args.num_samples is None or args.num_samples >= 1, "--num-samples", args.num_samples, ">= 1")
     need(args.batch_size >= 1, "--batch-size", args.batch_size, ">= 1")
     need(args.resolution is None or args.resolution >= 1, "--resolution", args.resolution, ">= 1")
+    need(args.subset_seed is None or 0 <= args.subset_seed < 2**63, "--subset-seed", args.subset_seed, "in [0, 2**63)")
     _check_files(args)
     _check_source(args, "fid")
     start = time.perf_counter()

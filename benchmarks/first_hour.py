@@ -56,7 +56,7 @@ class Journey:
                 done.append(subprocess.CompletedProcess(argv, proc.returncode, out.decode(), err.decode()))
         row = {
             "step": what,
-            "commands": [" ".join(a[a.index("ddpm") :] if "ddpm" in a else a) for a in commands],
+            "commands": [" ".join(a[a.index("ddpm") :] if "ddpm" in a else ["python", *a[1:]]) for a in commands],
             "exit_codes": [d.returncode for d in done],
             "wall_s": round(time.perf_counter() - wall, 1),
             "cpu_s": round(_children_cpu() - cpu, 1),

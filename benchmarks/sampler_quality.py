@@ -113,7 +113,7 @@ def run_fid(args) -> None:
                     "reference": str(reference.source),
                     "reference_n": int(reference.n),
                     "model": args.model,
-                    "command": " ".join(sys.argv),
+                    "command": _portable(" ".join(sys.argv)),
                 }
                 (work / f"{_row_name(sampler, steps, n, args.seed)}.json").write_text(json.dumps(row, indent=2) + "\n")
                 print(f"{sampler} {steps} steps, n = {n}: FID {fid:.2f}", file=sys.stderr)
@@ -171,7 +171,12 @@ def run_time(args) -> None:
             print(f"{sampler} {steps} steps: {rows[-1]['seconds_per_16']:.2f} s / 16 images", file=sys.stderr)
     if args.diffusers:
         rows.append(_time_diffusers(args))
-    data = {"machine": machine(), "threads": torch.get_num_threads(), "rows": rows, "command": " ".join(sys.argv)}
+    data = {
+        "machine": machine(),
+        "threads": torch.get_num_threads(),
+        "rows": rows,
+        "command": _portable(" ".join(sys.argv)),
+    }
     (work / "timing.json").write_text(json.dumps(data, indent=2) + "\n")
 
 
@@ -272,15 +277,30 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     image.save(path)
 
 
+def _portable(command: str) -> str:
+    """``command`` as a reader would type it: the module, not this machine's script path, and the value of every
+    path option as its file name (``--work-dir W``, ``--ref-stats fmnist_test_stats.npz``)."""
+    words = command.split()
+    if words and words[0].endswith("sampler_quality.py"):
+        words[0] = "python -m benchmarks.sampler_quality"
+    for i, word in enumerate(words[:-1]):
+        if word in ("--work-dir", "--ref-stats", "--model") and words[i + 1].startswith("/"):
+            words[i + 1] = "W" if word == "--work-dir" else Path(words[i + 1]).name
+    return " ".join(words)
+
+
 def run_report(args) -> None:
     work = Path(args.work_dir)
     rows = [json.loads(p.read_text()) for p in sorted(work.glob("*steps-n*-seed*.json"))]
+    for row in rows:
+        row["command"] = _portable(row.get("command", ""))
     if not rows:
         raise SystemExit(f"no results in {work}")
     timing = {}
     timing_file = work / "timing.json"
     timing_data = json.loads(timing_file.read_text()) if timing_file.is_file() else None
     if timing_data:
+        timing_data["command"] = _portable(timing_data.get("command", ""))
         timing = {(r["sampler"], r["steps"]): r["seconds_per_16"] for r in timing_data["rows"]}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
